@@ -1,0 +1,70 @@
+"""The registry of implementations: names, lazy imports, availability and construction.
+
+A backend module is imported only when one of its entries is checked or created, so
+`import impls` never pulls in numba or torch. A backend module defines its step class and
+`unavailable_reason(**options) -> str | None` for what it cannot do on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+
+from .problem import Problem, make_arrays, validate_arrays
+from .step import Step
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    module: str  # impls submodule holding the backend
+    cls: str  # its Step subclass
+    requires: tuple[str, ...] = ()  # packages checked without importing them
+    options: dict = dataclasses.field(default_factory=dict)  # passed to the class and unavailable_reason
+
+
+# Registry order: the reference first. Append new backends; names are public and recorded in results.
+_REGISTRY: dict[str, Entry] = {
+    "numpy": Entry("numpy_ref", "NumpyStep"),
+}
+
+
+def names() -> list[str]:
+    """Registered implementation names, the reference first."""
+    return list(_REGISTRY)
+
+
+def _entry(name) -> Entry:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"name must be one of {', '.join(_REGISTRY)}; got {name!r}") from None
+
+
+def _reason(entry: Entry) -> str | None:
+    for package in entry.requires:
+        if importlib.util.find_spec(package) is None:
+            return f"{package} not installed"
+    module = importlib.import_module(f"{__package__}.{entry.module}")
+    check = getattr(module, "unavailable_reason", None)
+    return check(**entry.options) if check is not None else None
+
+
+def available() -> dict[str, str | None]:
+    """{name: None if it can run here, else the reason it cannot}."""
+    return {name: _reason(entry) for name, entry in _REGISTRY.items()}
+
+
+def create(name: str, problem: Problem, arrays=None) -> Step:
+    """A fresh step of implementation `name` for `problem`, on private copies of `arrays`."""
+    entry = _entry(name)
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be an impls.Problem, got {type(problem).__name__}")
+    reason = _reason(entry)
+    if reason is not None:
+        raise RuntimeError(f"{name} cannot run here: {reason}")
+    arrays = validate_arrays(problem, make_arrays(problem) if arrays is None else arrays)
+    module = importlib.import_module(f"{__package__}.{entry.module}")
+    step = getattr(module, entry.cls)(problem, arrays, **entry.options)
+    step.name = name
+    return step
