@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import threads
 from .problem import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
 from .step import Step
 
@@ -72,6 +73,7 @@ class NumpyStep(Step):
 
     def __init__(self, problem, arrays):
         super().__init__(problem, arrays)
+        threads.apply()  # BLAS runs under the suite's thread budget
         self.x, self.y = arrays.x, arrays.y
         self.w1, self.w2 = arrays.w1.copy(), arrays.w2.copy()  # updated in place
         self.adam = Adam((self.w1, self.w2), problem.lr) if problem.optimizer == "adam" else None

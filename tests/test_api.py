@@ -168,3 +168,17 @@ def test_import_is_lazy():
     root = pathlib.Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "[]"
+
+
+def test_thread_budget_from_environment(monkeypatch):
+    from impls import threads
+
+    monkeypatch.setenv(threads.ENV, "1")
+    assert threads.budget() == 1
+    impls.create("numpy", impls.Problem())  # applies the budget to BLAS
+    assert all(pool["num_threads"] == 1 for pool in threads.describe()["blas"])
+    monkeypatch.setenv(threads.ENV, "zero")
+    with pytest.raises(ValueError, match=f"^{threads.ENV} must be a positive integer, got 'zero'"):
+        threads.budget()
+    monkeypatch.delenv(threads.ENV)
+    threads.apply()
