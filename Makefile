@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: test bench venv clean
+.PHONY: test bench venv clean tox drift lint
 
 venv: $(STAMP)
 
@@ -19,6 +19,21 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.quick
+
+# tox needs python3.10 ... python3.13 on PATH; where pyenv manages them, expose every installed one.
+PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && for v in $$(pyenv versions --bare | grep -E '^3\.1[0-3]\.[0-9]+$$'); do printf '%s:' "$$(pyenv prefix $$v)/bin"; done)
+WITH_PYTHONS := $(if $(PYENV_BINS),PATH="$(PYENV_BINS)$$PATH")
+
+# The version matrix (tox.ini); pass arguments as TOX_ARGS="-e py311".
+tox: $(STAMP)
+	$(WITH_PYTHONS) $(PY) -m tox $(TOX_ARGS)
+
+# Agreement of every implementation in every env of the matrix, as one table.
+drift: $(STAMP)
+	$(WITH_PYTHONS) $(PY) -m impls.drift --tox $(DRIFT_ENVS)
+
+lint: $(STAMP)
+	$(WITH_PYTHONS) $(PY) -m tox -e lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache

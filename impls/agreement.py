@@ -153,9 +153,9 @@ class _BoundedStep:
         loss, gw1, gw2 = self.loss_and_grads()
         if self.p.optimizer == "adam":
             self.t += 1
-            self.w = [self._adam(i, w, g) for i, (w, g) in enumerate(zip(self.w, (gw1, gw2)))]
+            self.w = [self._adam(i, w, g) for i, (w, g) in enumerate(zip(self.w, (gw1, gw2), strict=True))]
         else:
-            self.w = [self._sgd(w, g) for w, g in zip(self.w, (gw1, gw2))]
+            self.w = [self._sgd(w, g) for w, g in zip(self.w, (gw1, gw2), strict=True)]
         return loss
 
     def _updated(self, w: Bounded, delta: np.ndarray, delta_err: np.ndarray) -> Bounded:
@@ -232,7 +232,9 @@ def _oracle(problem: Problem, arrays: Arrays, steps: int) -> Expected:
         "loss": loss,
         "gw1": gw1,
         "gw2": gw2,
-        "losses": Bounded(np.array([b.val for b in losses]), np.array([b.sd for b in losses]), np.array([b.lin for b in losses])),
+        "losses": Bounded(
+            np.array([b.val for b in losses]), np.array([b.sd for b in losses]), np.array([b.lin for b in losses])
+        ),
         "w1": w1,
         "w2": w2,
     }

@@ -49,7 +49,7 @@ class Adam:
 
     def update(self, weights, grads):
         self.t += 1
-        for i, (w, g) in enumerate(zip(weights, grads)):
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
             self.update_one(i, w, g)
 
     def update_one(self, i, w, g):
@@ -92,7 +92,7 @@ class NumpyStep(Step):
         if self.adam is not None:
             self.adam.update(weights, grads)
         else:
-            for w, g in zip(weights, grads):
+            for w, g in zip(weights, grads, strict=True):
                 sgd_update(w, g, self.problem.lr)
 
     def weights(self):

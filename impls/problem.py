@@ -137,7 +137,7 @@ def validate_arrays(p: Problem, arrays) -> Arrays:
     if not isinstance(arrays, tuple) or len(arrays) != 4:
         raise ValueError(f"arrays must be Arrays(x, y, w1, w2), got {type(arrays).__name__}")
     checked = []
-    for (field, shape), value in zip(array_shapes(p).items(), arrays):
+    for (field, shape), value in zip(array_shapes(p).items(), arrays, strict=True):
         if not isinstance(value, np.ndarray):
             raise ValueError(f"{field} must be a NumPy array, got {type(value).__name__}")
         if value.shape != shape:

@@ -121,7 +121,7 @@ def test_adam_matches_torch_optim_adam():
     step = impls.create("numpy", p)
     step.run(steps)
     ours = step.weights()
-    for name, theirs, mine in zip(("w1", "w2"), (w1.detach().numpy(), w2.detach().numpy()), ours):
+    for name, theirs, mine in zip(("w1", "w2"), (w1.detach().numpy(), w2.detach().numpy()), ours, strict=True):
         # torch and the reference each land within the oracle's bound, hence near each other.
         assert agreement.compare(name, theirs, expected.values[name], expected.bounds[name]).ok
         assert agreement.compare(name, mine, expected.values[name], expected.bounds[name]).ok

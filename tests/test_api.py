@@ -63,11 +63,11 @@ def test_flops_counts_the_five_matmuls():
 def test_make_arrays_same_numbers_in_every_dtype_and_seeded():
     p64 = impls.Problem.preset("seed", init="randn")
     a64, a32 = impls.make_arrays(p64), impls.make_arrays(p64.replace(dtype="float32"))
-    for x64, x32 in zip(a64, a32):
+    for x64, x32 in zip(a64, a32, strict=True):
         assert x64.flags.c_contiguous and x32.dtype == np.float32
         np.testing.assert_array_equal(x32, x64.astype(np.float32))
     again, other = impls.make_arrays(p64), impls.make_arrays(p64.replace(seed=1))
-    assert all(np.array_equal(a, b) for a, b in zip(a64, again))
+    assert all(np.array_equal(a, b) for a, b in zip(a64, again, strict=True))
     assert not np.array_equal(a64.x, other.x)
 
 
