@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: test bench venv clean
+.PHONY: test bench dynamics venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.quick
+
+# The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.
+dynamics: $(STAMP)
+	$(PY) -m bench.dynamics_report
 
 clean:
 	rm -rf $(VENV) .pytest_cache
