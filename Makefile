@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: test bench venv clean tox drift lint
+.PHONY: test bench dynamics venv clean tox drift lint
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.quick
+
+# The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.
+dynamics: $(STAMP)
+	$(PY) -m bench.dynamics_report
 
 # tox needs python3.10 ... python3.13 on PATH; where pyenv manages them, expose every installed one.
 PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && for v in $$(pyenv versions --bare | grep -E '^3\.1[0-3]\.[0-9]+$$'); do printf '%s:' "$$(pyenv prefix $$v)/bin"; done)
