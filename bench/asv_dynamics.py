@@ -10,7 +10,8 @@ from impls import dynamics
 
 # id -> (preset, dtype, init, optimizer, lr). Ids are recorded in results: append, never change.
 CONVERGING = {
-    "seed     f64 randn sgd  1e-4": ("seed", "float64", "randn", "sgd", 1e-4),  # the notebook's first NumPy run, correct order
+    # the notebook's first NumPy run, correct order
+    "seed     f64 randn sgd  1e-4": ("seed", "float64", "randn", "sgd", 1e-4),
     "seed     f32 torch adam 1e-4": ("seed", "float32", "torch", "adam", 1e-4),  # the notebook's torch/Adam cell
     "seed     f32 randn sgd  1e-6": ("seed", "float32", "randn", "sgd", 1e-6),  # the notebook's stalling run
     "tutorial f64 torch adam 1e-3": ("tutorial", "float64", "torch", "adam", 1e-3),
@@ -20,8 +21,10 @@ DIVERGENCE = {
     "seed     f64 randn sgd  1e-3": ("seed", "float64", "randn", "sgd", 1e-3),  # diverges
     "seed     f32 randn sgd  1e-4": ("seed", "float32", "randn", "sgd", 1e-4),  # does not; the notebook's order does
     "tutorial f32 randn sgd  1e-5": ("tutorial", "float32", "randn", "sgd", 1e-5),  # diverges
-    "tutorial f64 randn sgd  1e-6": ("tutorial", "float64", "randn", "sgd", 1e-6),  # does not; the notebook's order does
-    "tutorial f64 torch sgd  1e-3": ("tutorial", "float64", "torch", "sgd", 1e-3),  # does not; the notebook's order does
+    # does not; the notebook's order does
+    "tutorial f64 randn sgd  1e-6": ("tutorial", "float64", "randn", "sgd", 1e-6),
+    # does not; the notebook's order does
+    "tutorial f64 torch sgd  1e-3": ("tutorial", "float64", "torch", "sgd", 1e-3),
 }
 
 

@@ -141,9 +141,9 @@ def environment(names, reasons) -> list[str]:
         "",
         f"Implementations run: {', '.join(f'`{n}`' for n in names)}."
         + (f" Not available here: {', '.join(skipped)}." if skipped else ""),
-        f"Negative controls (deliberately wrong, never registered, labelled as such everywhere): "
-        f"`notebook` — the notebook's step as written (w2 updated before its gradient is propagated, "
-        f"relu'(0) = 1); `notebook-order` — its update order alone.",
+        "Negative controls (deliberately wrong, never registered, labelled as such everywhere): "
+        "`notebook` — the notebook's step as written (w2 updated before its gradient is propagated, "
+        "relu'(0) = 1); `notebook-order` — its update order alone.",
         "",
         f"Each run takes {dynamics.STEPS} steps (the notebook's count). Step i is the loss after i updates "
         f"(step 0 is the initial loss), numbered as the notebook prints them. A run *diverges* at the first "
@@ -163,7 +163,9 @@ def summary(results, reference: str, seeds: dict) -> list[str]:
         for r in rows:
             if any(t.divergence is not None for t in r.implementations):
                 p = r.problem
-                diverging.setdefault((p.init, p.optimizer, p.lr), []).append(f"{p.dtype} step {fmt_divs(r.implementations)}")
+                diverging.setdefault((p.init, p.optimizer, p.lr), []).append(
+                    f"{p.dtype} step {fmt_divs(r.implementations)}"
+                )
         configs = {(r.problem.init, r.problem.optimizer, r.problem.lr) for r in rows}
         listed = "; ".join(f"{i} {o} lr={lr:g} ({', '.join(v)})" for (i, o, lr), v in diverging.items()) or "none"
         lines.append(
@@ -202,9 +204,7 @@ def summary(results, reference: str, seeds: dict) -> list[str]:
     lines += notebook_sentences(results, reference, seeds)
     impl_results = [r for r in results if r.implementations or r.errors]
     agree = sum(r.ok for r in impl_results)
-    worst = max(
-        (r.comparisons[t.label].worst.ratio for r in results for t in r.implementations), default=float("nan")
-    )
+    worst = max((r.comparisons[t.label].worst.ratio for r in results for t in r.implementations), default=float("nan"))
     lines.append(
         f"- Agreement: the implementations agree with the float64 oracle in {agree} of {len(impl_results)} "
         f"configurations (divergence within one step, every compared loss within its bound; worst "
@@ -303,7 +303,9 @@ def control_difference(r: ConfigResult) -> str:
     return f"the curves differ by up to {rel:.3g} relative."
 
 
-def growth_per_step(oracle: dynamics.OracleTrajectory, first: int = BOUND_STEPS[0], last: int = BOUND_STEPS[1]) -> float:
+def growth_per_step(
+    oracle: dynamics.OracleTrajectory, first: int = BOUND_STEPS[0], last: int = BOUND_STEPS[1]
+) -> float:
     """Geometric mean factor by which bound/loss grows per step between two steps (inf where not finite)."""
     a, b = oracle.relative_bound(first), oracle.relative_bound(last)
     if not (np.isfinite(a) and np.isfinite(b) and a > 0):
@@ -336,7 +338,9 @@ def preset_tables(results, reference: str) -> list[str]:
                     row += [fmt_loss(t.initial), fmt_loss(t.final), fmt_loss(t.best)] if t else ["-"] * 3
                     row += [fmt_divs(r64.implementations), fmt_divs(r32.implementations) if r32 else "-"]
                     controls = {c.name: c for c in r64.controls}
-                    row += [f"{fmt_div(controls[v].divergence)} / {fmt_loss(controls[v].final)}" for v in dynamics.CONTROLS]
+                    row += [
+                        f"{fmt_div(controls[v].divergence)} / {fmt_loss(controls[v].final)}" for v in dynamics.CONTROLS
+                    ]
                     rows.append(row)
         lines += [f"### {preset} {impls.SIZES[preset]}", "", *table(header, rows), ""]
     return lines
@@ -350,7 +354,15 @@ def notebook_table(results, reference: str) -> list[str]:
         "the notebook's step as written (order and relu'(0) = 1); the last column isolates relu'(0) = 1.",
         "",
     ]
-    header = ["init", "optimizer", "dtype", f"`{reference}`", "notebook-order (control)", "notebook (control)", "relu'(0) = 1 adds"]
+    header = [
+        "init",
+        "optimizer",
+        "dtype",
+        f"`{reference}`",
+        "notebook-order (control)",
+        "notebook (control)",
+        "relu'(0) = 1 adds",
+    ]
     rows = []
     for init in dynamics.STUDY_INITS:
         for optimizer in dynamics.LEARNING_RATES:
@@ -377,9 +389,9 @@ def agreement_table(results) -> list[str]:
         "every step). A cell gives the divergence step and the worst |loss - oracle| / bound over the steps "
         "both runs reach finite and the bound is finite; `ok` needs the divergence within one step of the "
         "oracle's and every ratio <= 1. `horizon` is how many leading steps have a bound below the loss itself; "
-        f"past it the loss comparison cannot fail and only the divergence step is informative. Columns "
-        f"`bound/loss @k` give the oracle's bound relative to its loss at step k. `spread`: steps between the "
-        f"earliest and latest divergence of the implementations and the oracle (must be <= 1).",
+        "past it the loss comparison cannot fail and only the divergence step is informative. Columns "
+        "`bound/loss @k` give the oracle's bound relative to its loss at step k. `spread`: steps between the "
+        "earliest and latest divergence of the implementations and the oracle (must be <= 1).",
         "",
     ]
     header = ["config", "oracle diverges", "horizon", *(f"bound/loss @{k}" for k in BOUND_STEPS), "spread"]
@@ -434,7 +446,14 @@ def bound_growth(results) -> list[str]:
             growth = np.median([growth_per_step(r.oracle) for r in group])
             full = sum(r.oracle.horizon == r.oracle.steps for r in group)
             rows.append(
-                [dtype, optimizer, str(len(group)), *(fmt_ratio(m) for m in medians), f"{growth:.3g}", f"{full} of {len(group)}"]
+                [
+                    dtype,
+                    optimizer,
+                    str(len(group)),
+                    *(fmt_ratio(m) for m in medians),
+                    f"{growth:.3g}",
+                    f"{full} of {len(group)}",
+                ]
             )
     lines += table(header, rows)
     lines += [
@@ -490,7 +509,7 @@ def plot(results, reference: str, path: pathlib.Path) -> None:
             pairs = [t for pair in runs.values() for t in pair]
             # Diverging runs leave the chart at its top edge, 1e3 x the initial loss, where they are marked.
             top = 1e3 * max((t.initial for t in pairs), default=1.0)
-            for (lr, (right, control)), color in zip(runs.items(), colors):
+            for (lr, (right, control)), color in zip(runs.items(), colors, strict=False):
                 label = f"lr={lr:g}" + ("" if right.divergence is None else f", diverges at {right.divergence}")
                 if control.divergence is not None:
                     label += f" (notebook: {control.divergence})"
@@ -498,7 +517,9 @@ def plot(results, reference: str, path: pathlib.Path) -> None:
                     d = t.divergence
                     shown = t.losses[: t.steps if d is None else d + 1]
                     shown = np.where(np.isfinite(shown), np.minimum(shown, top), top)
-                    ax.plot(steps[: len(shown)], shown, style, color=color, lw=width, label=label if t is right else None)
+                    ax.plot(
+                        steps[: len(shown)], shown, style, color=color, lw=width, label=label if t is right else None
+                    )
                     if d is not None:
                         ax.plot([d], [shown[-1]], marker, color=color, ms=10, mew=2, clip_on=False)
             ax.set_yscale("log")

@@ -191,7 +191,9 @@ class _BoundedStep:
         q = m.val / den
         q_err = (m.err + np.abs(q) * den_err) / den_min + 2 * u * np.abs(q)
         # Near a sign change the linear bound above blows up; no update exceeds Adam's ratio bound.
-        q_err = np.minimum(q_err, np.abs(q) + adam_ratio_bound(self.t) * (1 + 8 * u))
+        # q is m / den, not the bias-corrected m_hat / den: it is smaller by (1 - beta1^t).
+        q_max = (1 - b1**self.t) * adam_ratio_bound(self.t) * (1 + 8 * u)
+        q_err = np.minimum(q_err, np.abs(q) + q_max)
         return self._updated(w, step_size * q, step_size * q_err)
 
 

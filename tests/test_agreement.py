@@ -126,3 +126,23 @@ def test_adam_matches_torch_optim_adam():
         assert agreement.compare(name, theirs, expected.values[name], expected.bounds[name]).ok
         assert agreement.compare(name, mine, expected.values[name], expected.bounds[name]).ok
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=2 * expected.bounds[name].max())
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 50])
+def test_adam_ratio_bound_holds_and_is_attained(t):
+    from impls.problem import ADAM_BETA1, ADAM_BETA2
+
+    def ratio(grads):  # m_hat / sqrt(v_hat) after t steps with these gradients, oldest first
+        m = v = 0.0
+        for g in grads:
+            m = ADAM_BETA1 * m + (1 - ADAM_BETA1) * g
+            v = ADAM_BETA2 * v + (1 - ADAM_BETA2) * g * g
+        return (m / (1 - ADAM_BETA1**t)) / np.sqrt(v / (1 - ADAM_BETA2**t))
+
+    bound = agreement.adam_ratio_bound(t) * (1 + 16 * np.finfo(float).eps)  # the test's own roundings
+    rng = np.random.default_rng(t)
+    assert all(abs(ratio(rng.standard_normal(t) * rng.uniform(0, 10, t))) <= bound for _ in range(200))
+    # Cauchy-Schwarz is tight for g_i proportional to w_i / z_i (age 0 is the newest).
+    age = np.arange(t)[::-1]
+    worst = (ADAM_BETA1 / ADAM_BETA2) ** age
+    assert ratio(worst) == pytest.approx(agreement.adam_ratio_bound(t), rel=16 * np.finfo(float).eps)

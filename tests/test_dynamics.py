@@ -17,12 +17,12 @@ SEED_PROBLEMS = dynamics.study_problems(presets=("seed",))
 NOTEBOOK_RUN = impls.Problem.preset("seed", init="randn", optimizer="sgd", lr=1e-4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seed_oracle(p):
     return dynamics.oracle_trajectory(p)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seed_trajectory(name, p):
     return dynamics.run_implementation(name, p)
 
