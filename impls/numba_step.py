@@ -524,7 +524,6 @@ class NumbaStep(Step):
 
     def __init__(self, problem, arrays, parallel: bool = False):
         super().__init__(problem, arrays)
-        threads.apply()  # numba.set_num_threads follows the suite's budget
         self.parallel = bool(parallel)
         self._update = ADAM if problem.optimizer == "adam" else SGD
         self._t = 0  # Adam's step count
@@ -543,6 +542,9 @@ class NumbaStep(Step):
         if w2_t.size:
             w2_t[:o, :h] = arrays.w2.T
         _compile(self._buf.dtype)
+        # The suite's thread budget, for numba.set_num_threads and for any pool that loading
+        # the kernels brought in (Numba loads SciPy, and with it another OpenBLAS).
+        threads.apply()
 
     def _call(self, update, t):
         adam = self._update == ADAM

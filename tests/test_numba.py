@@ -145,17 +145,21 @@ def test_fortran_and_strided_inputs_read_correctly(name):
         np.testing.assert_array_equal(got[2], expected[2])
 
 
-def test_numba_follows_the_thread_budget(monkeypatch, ns):
-    import numba
+_THREADS_AFTER_CREATE = """
+    import impls
+    from impls import threads
+    impls.create("numba:parallel", impls.Problem())
+    record = threads.describe()
+    print(record["numba"], *(pool["num_threads"] for pool in record["blas"]))
+"""
 
+
+def test_a_fresh_process_runs_every_pool_on_the_thread_budget(ns):
     from impls import threads
 
-    monkeypatch.setenv(threads.ENV, "1")
-    impls.create("numba:parallel", impls.Problem())
-    assert numba.get_num_threads() == 1
-    monkeypatch.delenv(threads.ENV)
-    threads.apply()
-    assert numba.get_num_threads() == min(threads.budget(), numba.config.NUMBA_NUM_THREADS)
+    # Loading the kernels loads more pools (Numba's OpenMP, SciPy's OpenBLAS): the budget must cover them too.
+    counts = _run(_THREADS_AFTER_CREATE, ROOT, {**_cache_env(), threads.ENV: "1"}).split()
+    assert len(counts) >= 3 and set(counts) == {"1"}
 
 
 def _cache_env() -> dict:
