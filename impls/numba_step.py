@@ -231,19 +231,31 @@ def matmul_nt(a, b, c, pack):
 
 @_jit(fastmath=SUM_FLAGS, parallel=True)
 def matmul_nt_parallel(a, b, c, pack):
-    """matmul_nt with the strips of each panel spread over threads (each writes its own rows of c)."""
+    """matmul_nt with the 4-row strips of c spread over threads (each writes its own rows of c).
+
+    Where b's panels are packed, all threads share each packed panel: one parallel loop per
+    panel. Otherwise b is read in place and one parallel loop covers the product.
+    """
     m_dim, k_dim = a.shape
     n_dim = b.shape[0]
     if m_dim * n_dim * k_dim < PARALLEL_MIN_MACS:
         matmul_nt(a, b, c, pack)
         return
     k_block = K_BLOCK_BYTES // a.itemsize
+    strips = (m_dim + TILE - 1) // TILE
+    if k_dim < PACK_MIN_K:
+        for strip in prange(strips):
+            for k0 in range(0, k_dim, k_block):
+                k1 = min(k0 + k_block, k_dim)
+                for j0 in range(0, n_dim, N_BLOCK):
+                    _strip(a, strip * TILE, k0, b, 0, k0, k1 - k0, c, j0, min(j0 + N_BLOCK, n_dim))
+        return
     for k0 in range(0, k_dim, k_block):
         k1 = min(k0 + k_block, k_dim)
         for j0 in range(0, n_dim, N_BLOCK):
             j1 = min(j0 + N_BLOCK, n_dim)
             panel, j_off, k_off = _panel(b, j0, j1, k0, k1, pack)
-            for strip in prange((m_dim + TILE - 1) // TILE):
+            for strip in prange(strips):
                 _strip(a, strip * TILE, k0, panel, j_off, k_off, k1 - k0, c, j0, j1)
 
 
@@ -255,8 +267,8 @@ def matmul_nt_parallel(a, b, c, pack):
 def _matmul_nn_rows(a, b, c, i0, i1):
     """c[i0:i1] = a[i0:i1] @ b, four rows of c at a time, each updated along its contiguous length.
 
-    a is only read one element at a time, so its layout does not matter (a transposed view
-    works); the innermost loop, over a row of b and four rows of c, is vectorised.
+    a is only read one element at a time; the innermost loop, over a row of b and four
+    rows of c, is vectorised.
     """
     k_dim = a.shape[1]
     n_dim = b.shape[1]
@@ -411,7 +423,7 @@ def _adam(w, g, m, v, lr, t):
 @_jit()
 def arena_shapes(n, d, h, o, adam):
     """(rows, cols) of each buffer, in arena order; sizes padded. Unused buffers are empty."""
-    nt_y_pred = h >= NT_MIN_K  # y_pred by NT needs a and w2.T row-major
+    nt_y_pred = h >= NT_MIN_K  # y_pred by NT needs a row-major
     nt_ga = o >= NT_MIN_K  # ga by NT needs g row-major
     return (
         (n, d),  # x
@@ -419,7 +431,7 @@ def arena_shapes(n, d, h, o, adam):
         (o, n),  # y_t
         (h, d),  # w1_t
         (h, o),  # w2
-        (o, h) if nt_y_pred else (0, 0),  # w2_t
+        (o, h),  # w2_t
         (h, n),  # a_t: h.T, then relu in place
         (n, h) if nt_y_pred else (0, 0),  # a
         (o, n),  # g_t: y_pred.T, then 2 (y_pred - y).T in place
@@ -498,7 +510,7 @@ def train_step(buf, n, d, h, o, adam, update, lr, t, parallel):
         _transpose(a_t, a)  # N,H
         _nt(w2_t, a, g_t, pack, parallel)  # O,N   y_pred.T = w2.T @ a.T
     else:
-        _nn(w2.T, a_t, g_t, parallel)  # O,N   y_pred.T = w2.T @ a.T
+        _nn(w2_t, a_t, g_t, parallel)  # O,N   y_pred.T = w2.T @ a.T
     loss = _loss_and_output_grad(g_t, y_t)  # O,N   g.T = 2 (y_pred - y).T
     _nt(a_t[:h2], g_t, gw2[:h2], pack, parallel)  # H,O   gw2 = a.T @ g
     if o >= NT_MIN_K:
@@ -514,7 +526,7 @@ def train_step(buf, n, d, h, o, adam, update, lr, t, parallel):
     elif update == ADAM:
         _adam(w1_t, gw1_t, m1_t, v1_t, lr, t)
         _adam(w2, gw2, m2, v2, lr, t)
-    if update != GRADS_ONLY and h >= NT_MIN_K:
+    if update != GRADS_ONLY:
         _transpose(w2, w2_t)
     return loss
 
@@ -525,12 +537,13 @@ class NumbaStep(Step):
     def __init__(self, problem, arrays, parallel: bool = False):
         super().__init__(problem, arrays)
         self.parallel = bool(parallel)
-        self._update = ADAM if problem.optimizer == "adam" else SGD
+        self._adam = problem.optimizer == "adam"
+        self._update = ADAM if self._adam else SGD
         self._t = 0  # Adam's step count
-        self._padded = padded_shape(*problem.shape)
-        adam = self._update == ADAM
-        self._buf = np.zeros(arena_size(*self._padded, adam), dtype=problem.dtype)
-        views = arena_views(self._buf, *self._padded, adam)
+        self._shape, self._lr = problem.shape, problem.lr  # read at every step
+        padded = padded_shape(*problem.shape)
+        self._buf = np.zeros(arena_size(*padded, self._adam), dtype=problem.dtype)
+        views = arena_views(self._buf, *padded, self._adam)
         x, x_t, y_t, self._w1_t, self._w2, w2_t = views[:6]
         self._gw1_t, self._gw2 = views[11:13]
         n, d, h, o = problem.shape
@@ -539,26 +552,21 @@ class NumbaStep(Step):
         y_t[:o, :n] = arrays.y.T
         self._w1_t[:h, :d] = arrays.w1.T
         self._w2[:h, :o] = arrays.w2
-        if w2_t.size:
-            w2_t[:o, :h] = arrays.w2.T
+        w2_t[:o, :h] = arrays.w2.T
         _compile(self._buf.dtype)
         # The suite's thread budget, for numba.set_num_threads and for any pool that loading
         # the kernels brought in (Numba loads SciPy, and with it another OpenBLAS).
         threads.apply()
 
-    def _call(self, update, t):
-        adam = self._update == ADAM
-        return train_step(self._buf, *self.problem.shape, adam, update, self.problem.lr, t, self.parallel)
-
     def loss_and_grads(self):
-        loss = self._call(GRADS_ONLY, 0)
+        loss = train_step(self._buf, *self._shape, self._adam, GRADS_ONLY, self._lr, 0, self.parallel)
         d, h, o = self.problem.d, self.problem.h, self.problem.o
         return float(loss), self._gw1_t[:h, :d].T.copy(), self._gw2[:h, :o].copy()
 
     def _step(self):
-        if self._update == ADAM:
+        if self._adam:
             self._t += 1
-        return self._call(self._update, self._t)
+        return train_step(self._buf, *self._shape, self._adam, self._update, self._lr, self._t, self.parallel)
 
     def weights(self):
         d, h, o = self.problem.d, self.problem.h, self.problem.o
