@@ -1,19 +1,21 @@
 """The step as explicit loops compiled by Numba: `numba` on one thread, `numba:parallel` with prange.
 
-Activations are kept batch-contiguous (h.T, a.T, g.T: features x batch), w1 as w1.T, and
-each product is one of two kernels, both with a vectorised innermost loop over
-contiguous memory and no BLAS call:
+Every product is one of two kernels, each with a vectorised innermost loop over
+contiguous memory, and no BLAS call:
 
 - NT, c = a @ b.T: each output a dot product of two contiguous rows, in 4x4 register
-  tiles. For every product whose inner dimension is long.
-- NN, c = a @ b: four rows of c updated along their length by a row of b. For the two
-  products whose inner dimension (H for y_pred, O for ga) can be short, where a dot
-  product would be mostly its final horizontal sum; they switch to NT (on a transposed
-  copy of a or g) from NT_MIN_K on.
+  tiles (reassociation lets LLVM split each dot product over vector lanes).
+- NN, c = a @ b: rows of c updated along their length by rows of b. For y_pred and ga
+  when their inner dimension (H, O) is short (at the seed size, 10), where a dot product
+  would be mostly its final horizontal sum; from NT_MIN_K on they use NT too.
+
+So the arrays are kept in the layouts these want: activations batch-contiguous (h.T, a.T,
+g.T: features x batch), w1 as w1.T, w2 in both orientations, x in both (copied once, at
+create), and a and g also row-major where an NT product needs them.
 
 Dimensions are padded with zeros: H and O to the 4-row tile, N and D (the inner dimension
-of the large products) to 8, a whole number of vectors. Padded entries add exact zeros to
-every sum, get zero gradient and keep zero weights under SGD and Adam.
+of the two large products) to 8, a whole number of vectors. Padded entries add exact
+zeros to every sum, get zero gradient and keep zero weights under SGD and Adam.
 
 All buffers live in one array allocated at create and carved into views inside the
 compiled code: a step is one call with one array argument (Numba unboxes each array
@@ -41,14 +43,14 @@ N_BLOCK = 128  # rows of b per NT panel: N_BLOCK x k block (512 KiB) stays in L2
 PACK_MIN_K = 512  # NT copies panels of b whose rows are at least this long (2 KiB float32, 4 KiB float64)
 NN_BLOCK = 256  # columns of c per NN panel: four rows of it stay in L1 across k
 M_BLOCK = 64  # rows of c per parallel task
-PARALLEL_MIN_MACS = 1 << 21  # smaller products run serially: a prange launch costs ~10 us
+PARALLEL_MIN_MACS = 1 << 21  # smaller products run serially: a prange launch costs 3 us and up, 5% of this
 ALIGN = 16  # arena offsets are multiples of 16 elements, so every buffer starts on a cache line
 
-# Matmul kernels only: reassociation lets LLVM split each dot product into vector lanes
+# Sums only: reassociation lets LLVM split each dot product into vector lanes
 # (any summation order stays within the checker's u * sqrt(K) bound), contraction lets it
 # fuse multiply and add (one rounding instead of two). No nnan/ninf: a diverging run must
-# show its NaN and inf, not have them optimised away. The element-wise kernels
-# (relu, loss, updates) use no fastmath at all.
+# show its NaN and inf, not have them optimised away. The loss, a sum too, uses the same;
+# the element-wise kernels (relu, transposes, updates) use no fastmath at all.
 SUM_FLAGS = {"reassoc", "contract"}
 
 _cache_warning_given = False
@@ -355,11 +357,12 @@ def _relu(a):
                 a[i, j] = zero
 
 
-@_jit()
+@_jit(fastmath=SUM_FLAGS)
 def _loss_and_output_grad(y_pred, y):
     """y_pred becomes g = 2 (y_pred - y) in place; returns sum((y_pred - y)^2), summed in the dtype.
 
-    Row sums first, then their sum: the error grows with sqrt(rows) + sqrt(cols), not sqrt(rows cols).
+    Row sums first, then their sum: the error grows with sqrt(rows) + sqrt(cols), not
+    sqrt(rows cols). A sum, so reassociation is allowed here too (the row sums vectorise).
     """
     loss = y_pred.dtype.type(0)
     rows, cols = y_pred.shape

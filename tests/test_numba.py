@@ -183,7 +183,8 @@ _CACHE_REPORT = """
     from impls import numba_step as ns
     impls.create("numba", impls.Problem(dtype="float64"))
     kernels = [f for f in vars(ns).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
-    print(sum(sum(f.stats.cache_hits.values()) for f in kernels), sum(sum(f.stats.cache_misses.values()) for f in kernels))
+    hits = sum(sum(f.stats.cache_hits.values()) for f in kernels)
+    print(hits, sum(sum(f.stats.cache_misses.values()) for f in kernels))
 """
 
 
