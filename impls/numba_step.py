@@ -198,7 +198,7 @@ def _panel(b, j0, j1, k0, k1, pack):
     return panel, j0, 0
 
 
-@_jit(fastmath=SUM_FLAGS, inline="always")
+@_jit(fastmath=SUM_FLAGS)
 def _strip(a, i, k0, panel, j_off, k_off, kc, c, j0, j1):
     """Rows i:i+4 of c (i:i+2 at the end of an M of 4k+2) over columns j0:j1 of one panel.
 
@@ -265,7 +265,7 @@ def matmul_nt_parallel(a, b, c, pack):
 # c = a @ b, for short k: the k-loop of a dot product would be mostly horizontal sums.
 
 
-@_jit(fastmath=SUM_FLAGS, inline="always")
+@_jit(fastmath=SUM_FLAGS)
 def _matmul_nn_rows(a, b, c, i0, i1):
     """c[i0:i1] = a[i0:i1] @ b, four rows of c at a time, each updated along its contiguous length.
 
