@@ -92,22 +92,20 @@ def padded_shape(n, d, h, o):
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
-def _tile(a, i, k0, b, jb, kb, kc, c, j, first):
-    """c[i:i+4, j:j+4] (+)= a[i:i+4, k0:k0+kc] @ b[jb:jb+4, kb:kb+kc].T; overwrites on the first k block.
+def _tile(a0, a1, a2, a3, b0, b1, b2, b3, c, i, j, first):
+    """c[i:i+4, j:j+4] (+)= dot products of rows a0..a3 with rows b0..b3; overwrites on the first k block.
 
     Sixteen accumulators in the dtype of c; the k loop reads eight contiguous rows and is
-    vectorised along k (each accumulator becomes a vector of partial sums).
+    vectorised along k (each accumulator becomes a vector of partial sums). Rows come as
+    views indexed from 0, so Numba drops its negative-index wraparound, which would
+    otherwise turn the vector loads into gathers.
     """
     zero = c.dtype.type(0)
     c00 = c01 = c02 = c03 = zero
     c10 = c11 = c12 = c13 = zero
     c20 = c21 = c22 = c23 = zero
     c30 = c31 = c32 = c33 = zero
-    # Row views indexed from 0: Numba then drops its negative-index wraparound, which would
-    # otherwise turn the vector loads into gathers.
-    a0, a1, a2, a3 = a[i, k0 : k0 + kc], a[i + 1, k0 : k0 + kc], a[i + 2, k0 : k0 + kc], a[i + 3, k0 : k0 + kc]
-    b0, b1, b2, b3 = b[jb, kb : kb + kc], b[jb + 1, kb : kb + kc], b[jb + 2, kb : kb + kc], b[jb + 3, kb : kb + kc]
-    for k in range(kc):
+    for k in range(a0.shape[0]):
         x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
         y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
         c00 += x0 * y0
@@ -126,38 +124,37 @@ def _tile(a, i, k0, b, jb, kb, kc, c, j, first):
         c31 += x3 * y1
         c32 += x3 * y2
         c33 += x3 * y3
+    r0, r1, r2, r3 = c[i], c[i + 1], c[i + 2], c[i + 3]
     if not first:
-        c00 += c[i, j]
-        c01 += c[i, j + 1]
-        c02 += c[i, j + 2]
-        c03 += c[i, j + 3]
-        c10 += c[i + 1, j]
-        c11 += c[i + 1, j + 1]
-        c12 += c[i + 1, j + 2]
-        c13 += c[i + 1, j + 3]
-        c20 += c[i + 2, j]
-        c21 += c[i + 2, j + 1]
-        c22 += c[i + 2, j + 2]
-        c23 += c[i + 2, j + 3]
-        c30 += c[i + 3, j]
-        c31 += c[i + 3, j + 1]
-        c32 += c[i + 3, j + 2]
-        c33 += c[i + 3, j + 3]
-    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
-    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
-    c[i + 2, j], c[i + 2, j + 1], c[i + 2, j + 2], c[i + 2, j + 3] = c20, c21, c22, c23
-    c[i + 3, j], c[i + 3, j + 1], c[i + 3, j + 2], c[i + 3, j + 3] = c30, c31, c32, c33
+        c00 += r0[j]
+        c01 += r0[j + 1]
+        c02 += r0[j + 2]
+        c03 += r0[j + 3]
+        c10 += r1[j]
+        c11 += r1[j + 1]
+        c12 += r1[j + 2]
+        c13 += r1[j + 3]
+        c20 += r2[j]
+        c21 += r2[j + 1]
+        c22 += r2[j + 2]
+        c23 += r2[j + 3]
+        c30 += r3[j]
+        c31 += r3[j + 1]
+        c32 += r3[j + 2]
+        c33 += r3[j + 3]
+    r0[j], r0[j + 1], r0[j + 2], r0[j + 3] = c00, c01, c02, c03
+    r1[j], r1[j + 1], r1[j + 2], r1[j + 3] = c10, c11, c12, c13
+    r2[j], r2[j + 1], r2[j + 2], r2[j + 3] = c20, c21, c22, c23
+    r3[j], r3[j + 1], r3[j + 2], r3[j + 3] = c30, c31, c32, c33
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
-def _tile2(a, i, k0, b, jb, kb, kc, c, j, first):
+def _tile2(a0, a1, b0, b1, b2, b3, c, i, j, first):
     """_tile for two rows of a: the last strip where H is 2 more than a multiple of 4."""
     zero = c.dtype.type(0)
     c00 = c01 = c02 = c03 = zero
     c10 = c11 = c12 = c13 = zero
-    a0, a1 = a[i, k0 : k0 + kc], a[i + 1, k0 : k0 + kc]
-    b0, b1, b2, b3 = b[jb, kb : kb + kc], b[jb + 1, kb : kb + kc], b[jb + 2, kb : kb + kc], b[jb + 3, kb : kb + kc]
-    for k in range(kc):
+    for k in range(a0.shape[0]):
         x0, x1 = a0[k], a1[k]
         y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
         c00 += x0 * y0
@@ -168,17 +165,18 @@ def _tile2(a, i, k0, b, jb, kb, kc, c, j, first):
         c11 += x1 * y1
         c12 += x1 * y2
         c13 += x1 * y3
+    r0, r1 = c[i], c[i + 1]
     if not first:
-        c00 += c[i, j]
-        c01 += c[i, j + 1]
-        c02 += c[i, j + 2]
-        c03 += c[i, j + 3]
-        c10 += c[i + 1, j]
-        c11 += c[i + 1, j + 1]
-        c12 += c[i + 1, j + 2]
-        c13 += c[i + 1, j + 3]
-    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
-    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
+        c00 += r0[j]
+        c01 += r0[j + 1]
+        c02 += r0[j + 2]
+        c03 += r0[j + 3]
+        c10 += r1[j]
+        c11 += r1[j + 1]
+        c12 += r1[j + 2]
+        c13 += r1[j + 3]
+    r0[j], r0[j + 1], r0[j + 2], r0[j + 3] = c00, c01, c02, c03
+    r1[j], r1[j + 1], r1[j + 2], r1[j + 3] = c10, c11, c12, c13
 
 
 @_jit(inline="always")
@@ -202,14 +200,23 @@ def _panel(b, j0, j1, k0, k1, pack):
 def _strip(a, i, k0, panel, j_off, k_off, kc, c, j0, j1):
     """Rows i:i+4 of c (i:i+2 at the end of an M of 4k+2) over columns j0:j1 of one panel.
 
-    The strip of a stays in L1 while the panel's rows pass.
+    The strip of a, viewed once, stays in L1 while the panel's rows pass.
     """
+    a0, a1 = a[i, k0 : k0 + kc], a[i + 1, k0 : k0 + kc]
+    first = k0 == 0
     if i + TILE <= a.shape[0]:
+        a2, a3 = a[i + 2, k0 : k0 + kc], a[i + 3, k0 : k0 + kc]
         for j in range(j0, j1, TILE):
-            _tile(a, i, k0, panel, j - j_off, k_off, kc, c, j, k0 == 0)
+            jb = j - j_off
+            b0, b1 = panel[jb, k_off : k_off + kc], panel[jb + 1, k_off : k_off + kc]
+            b2, b3 = panel[jb + 2, k_off : k_off + kc], panel[jb + 3, k_off : k_off + kc]
+            _tile(a0, a1, a2, a3, b0, b1, b2, b3, c, i, j, first)
     else:
         for j in range(j0, j1, TILE):
-            _tile2(a, i, k0, panel, j - j_off, k_off, kc, c, j, k0 == 0)
+            jb = j - j_off
+            b0, b1 = panel[jb, k_off : k_off + kc], panel[jb + 1, k_off : k_off + kc]
+            b2, b3 = panel[jb + 2, k_off : k_off + kc], panel[jb + 3, k_off : k_off + kc]
+            _tile2(a0, a1, b0, b1, b2, b3, c, i, j, first)
 
 
 @_jit(fastmath=SUM_FLAGS)
