@@ -26,6 +26,8 @@ class Entry:
 # Registry order: the reference first. Append new backends; names are public and recorded in results.
 _REGISTRY: dict[str, Entry] = {
     "numpy": Entry("numpy_ref", "NumpyStep"),
+    "numba": Entry("numba_step", "NumbaStep", requires=("numba",), options={"parallel": False}),
+    "numba:parallel": Entry("numba_step", "NumbaStep", requires=("numba",), options={"parallel": True}),
 }
 
 

@@ -33,12 +33,8 @@ def apply(n: int | None = None) -> int:
     """Limit BLAS/OpenMP pools and any loaded torch or numba to n threads (default: budget())."""
     global _blas_limits
     n = budget() if n is None else n
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # without threadpoolctl the BLAS pool keeps its own default; describe() says so
-        pass
-    else:
-        _blas_limits = threadpool_limits(limits=n)
+    # torch and numba first: numba.set_num_threads loads numba's OpenMP runtime, which the
+    # limits below then cover too.
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if torch.get_num_threads() != n:
@@ -46,6 +42,12 @@ def apply(n: int | None = None) -> int:
     if "numba" in sys.modules:
         numba = sys.modules["numba"]
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # without threadpoolctl the BLAS pool keeps its own default; describe() says so
+        pass
+    else:
+        _blas_limits = threadpool_limits(limits=n)
     return n
 
 
