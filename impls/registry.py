@@ -26,6 +26,11 @@ class Entry:
 # Registry order: the reference first. Append new backends; names are public and recorded in results.
 _REGISTRY: dict[str, Entry] = {
     "numpy": Entry("numpy_ref", "NumpyStep"),
+    "torch:cpu": Entry("torch_step", "TorchStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cpu:autograd": Entry("torch_step", "TorchAutogradStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cuda": Entry("torch_step", "TorchStep", requires=("torch",), options={"device": "cuda"}),
+    "torch:cuda:autograd": Entry("torch_step", "TorchAutogradStep", requires=("torch",), options={"device": "cuda"}),
+    "torch:cuda:graph": Entry("torch_step", "TorchGraphStep", requires=("torch",), options={"device": "cuda"}),
 }
 
 
