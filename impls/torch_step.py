@@ -41,13 +41,14 @@ def unavailable_reason(device: str = "cpu") -> str | None:
 
 
 def _full_precision_float32_matmul() -> bool:
-    """Turn TF32 off for CUDA float32 matmuls (cuBLAS may otherwise round inputs to 10 bits); True if it is on."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; the legacy flag below still reads back
-        matmul.fp32_precision = "ieee"
-    else:
-        matmul.allow_tf32 = False
-    return bool(matmul.allow_tf32)
+    """Float32 matmuls in IEEE float32: no TF32 in cuBLAS, no bfloat16 in oneDNN; True if TF32 is still on.
+
+    set_float32_matmul_precision("highest") leaves torch's legacy flags and its per-backend
+    fp32_precision settings consistent whatever was set before; setting only one of them can
+    leave the two disagreeing, which torch (>= 2.9) refuses to read.
+    """
+    torch.set_float32_matmul_precision("highest")
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 class _TorchStep(Step):
@@ -63,8 +64,7 @@ class _TorchStep(Step):
         threads.apply()  # torch.set_num_threads follows the suite's budget
         self.device = torch.device(device)
         self.dtype = getattr(torch, problem.dtype)
-        # Recorded with results: whether float32 matmuls ran in TF32 (never, unless asked for).
-        self.tf32 = _full_precision_float32_matmul() if self.device.type == "cuda" else False
+        self.tf32 = _full_precision_float32_matmul()  # recorded with results; process-wide
         self.x, self.y = self._tensor(arrays.x), self._tensor(arrays.y)  # N,D ; N,O
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
@@ -89,9 +89,9 @@ class _TorchStep(Step):
 
     def describe(self) -> dict:
         """What results record about how this step ran."""
-        record = {"device": str(self.device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+        record = {"device": str(self.device), "torch": torch.__version__, "threads": torch.get_num_threads(), "tf32": self.tf32}
         if self.device.type == "cuda":
-            record.update(device_name=torch.cuda.get_device_name(self.device), cuda=torch.version.cuda, tf32=self.tf32)
+            record.update(device_name=torch.cuda.get_device_name(self.device), cuda=torch.version.cuda)
         return record
 
 

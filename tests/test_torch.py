@@ -115,11 +115,17 @@ def test_available_does_not_initialise_cuda():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("name", CUDA_NAMES)
-def test_cuda_float32_matmuls_are_full_precision(name):
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_float32_matmuls_are_full_precision(name):
     require(name)
-    step = impls.create(name, impls.Problem.preset("seed", dtype="float32"))
-    assert step.describe()["tf32"] is False and not torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as a user's earlier code might have left it
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        step = impls.create(name, impls.Problem.preset("seed", dtype="float32"))
+        assert step.describe()["tf32"] is False and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+    finally:
+        torch.set_float32_matmul_precision("highest")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
