@@ -28,6 +28,11 @@ _REGISTRY: dict[str, Entry] = {
     "numpy": Entry("numpy_ref", "NumpyStep"),
     "numba": Entry("numba_step", "NumbaStep", requires=("numba",), options={"parallel": False}),
     "numba:parallel": Entry("numba_step", "NumbaStep", requires=("numba",), options={"parallel": True}),
+    "torch:cpu": Entry("torch_step", "TorchStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cpu:autograd": Entry("torch_step", "TorchAutogradStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cuda": Entry("torch_step", "TorchStep", requires=("torch",), options={"device": "cuda"}),
+    "torch:cuda:autograd": Entry("torch_step", "TorchAutogradStep", requires=("torch",), options={"device": "cuda"}),
+    "torch:cuda:graph": Entry("torch_step", "TorchGraphStep", requires=("torch",), options={"device": "cuda"}),
 }
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On a CUDA machine: list what can run, check the CUDA entries agree, then time every
+# available entry with pytest-benchmark and save the JSON under results/<machine>/.
+#
+#     bench/cuda_check.sh [TARGET]     TARGET: pytest-benchmark files or folder (default: bench)
+#
+# Installs nothing and needs no network: the project goes on PYTHONPATH. Environment:
+#   PYTHON             interpreter with numpy, torch, pytest, pytest-benchmark (default: python3)
+#   BENCH_SELECT       pytest -k expression choosing what to time (default below; "large"
+#                      also matches xlarge)
+#   STEPBENCH_MACHINE  results folder name (default: the GPU's name, lower-case, dashed)
+# Exits 2 before timing anything where torch:cuda cannot run; otherwise with the first
+# failing stage's status, after running both stages.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TARGET=${1:-bench}
+SELECT=${BENCH_SELECT:-seed or tutorial or large}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PYTHON" -c '
+import impls
+for name, reason in impls.available().items():
+    print(name.ljust(22), reason or "available")
+' || exit 1
+
+gpu=$("$PYTHON" -c '
+import sys, impls
+reason = impls.available().get("torch:cuda", "not registered")
+if reason:
+    sys.exit(f"torch:cuda cannot run here ({reason}): nothing checked or timed")
+import torch
+print(torch.cuda.get_device_name())
+') || exit 2
+machine=${STEPBENCH_MACHINE:-$(printf '%s' "$gpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9._-')}
+out="results/$machine"
+mkdir -p "$out"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
+echo "GPU: $gpu -> $out"
+
+echo "== agreement and CUDA-specific tests for the CUDA entries"
+"$PYTHON" -m pytest tests -q -k cuda -p no:cacheprovider
+agree=$?
+
+echo "== pytest-benchmark: $TARGET -k '$SELECT'"
+"$PYTHON" -m pytest "$TARGET" -q -k "$SELECT" -p no:cacheprovider --benchmark-json="$out/pytest-benchmark-$stamp.json"
+timed=$?
+
+echo "agreement tests: exit $agree; timing: exit $timed; results: $out/pytest-benchmark-$stamp.json"
+[ "$agree" -ne 0 ] && exit "$agree"
+exit "$timed"
