@@ -7,6 +7,7 @@ from collections import defaultdict
 from . import grid
 
 BEST, NOISY = "*", "!"
+MARKERS = "os^Dv<>pX*"  # one per implementation, so lines stay apart in grey too
 
 
 def _groups(data: dict, kind: str):
@@ -197,10 +198,10 @@ def plot_scaling(data: dict, path) -> None:
     flops_per_row = 4 * d * h + 6 * h * o  # impls.flops is linear in N: the top axis reads N off FLOPs
     for ax, dtype in zip(axes[0], dtypes):
         rows = sweep.get((dtype, grid.SWEEP_OPTIMIZER), {})
-        for name, cells in rows.items():
+        for i, (name, cells) in enumerate(rows.items()):
             points = sorted((r["flops"], r["median_s"] * 1e6) for r in cells.values() if r["status"] == "ok")
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], label=name)
         flops = sorted({r["flops"] for cells in rows.values() for r in cells.values()})
         for device, peaks in data["gemm_peak_gflops"].items():
             if flops and dtype in peaks:
@@ -211,19 +212,27 @@ def plot_scaling(data: dict, path) -> None:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_xlabel("matmul FLOPs per step")
-        ax.set_title(f"{dtype}, {grid.SWEEP_OPTIMIZER}: N = {grid.SWEEP_N[0]} ... {grid.SWEEP_N[-1]}, "
-                     f"D={d}, H={h}, O={o}", fontsize=10)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_flops_label))
+        ax.set_title(f"{dtype}, {grid.SWEEP_OPTIMIZER}, D={d}, H={h}, O={o}", fontsize=10)
         top = ax.secondary_xaxis("top", functions=(lambda f: f / flops_per_row, lambda n: n * flops_per_row))
         top.set_xlabel("batch size N")
         ax.legend(fontsize=8, loc="upper left")
     axes[0][0].set_ylabel("time per step, median")
     axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_duration_label))
-    fig.suptitle(f"stepbench on {data['environment']['machine']} ({data['environment']['cpu']}, "
-                 f"{data['environment']['threads']['budget']} threads): lower is faster; "
-                 f"slope 1 = cost grows with N", fontsize=10)
+    env = data["environment"]
+    fig.suptitle(f"Time per training step over the batch sweep, {env['machine']} ({env['cpu']}, "
+                 f"{env['threads']['budget']} threads). Lower is faster; the vertical gap to the dashed "
+                 f"line is the shortfall from GEMM peak.", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _flops_label(flops: float, _pos=None) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:g} {unit}"
+    return f"{flops:g}"
 
 
 def _duration_label(us: float, _pos=None) -> str:

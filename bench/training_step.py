@@ -29,7 +29,7 @@ def _prepare(run: str, name: str, problem: impls.Problem, preset: str | None = N
 
 
 class _StepBenchmarks:
-    """Timing settings and benchmarks shared by the preset grid and the batch sweep."""
+    """Timing settings and the benchmarks shared by the preset grid and the batch sweep."""
 
     timeout = 900  # the first setup of a large problem also runs its agreement check
     rounds = 1  # one process per parameter set: the grid is large and setup (check, warm-up) is not cheap
@@ -45,22 +45,10 @@ class _StepBenchmarks:
     def time_step(self, run, *params):
         self.one_step()
 
-    def time_loss_and_grads(self, run, *params):
-        self.one_loss_and_grads()
-
-    def peakmem_step(self, run, *params):
-        self.one_step()
-
     def track_gflops(self, run, *params):
         return self._gflops()
 
     track_gflops.unit = "GFLOP/s"
-
-    def track_peak_fraction(self, run, *params):
-        step = self.prepared.step
-        return self._gflops() / peak.gemm_peak_gflops(step.problem.dtype, grid.device(step.name))
-
-    track_peak_fraction.unit = "fraction of GEMM peak"
 
     def _gflops(self) -> float:
         seconds = timing.measure(self.one_step, min_blocks=3, budget_s=0.3).median
@@ -68,7 +56,7 @@ class _StepBenchmarks:
 
 
 class Presets(_StepBenchmarks):
-    """implementation x size preset x dtype x optimizer."""
+    """implementation x size preset x dtype x optimizer: time, peak memory, GFLOP/s, fraction of peak."""
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.PRESETS), list(grid.DTYPES), list(grid.OPTIMIZERS)]
     param_names = ["implementation", "preset", "dtype", "optimizer"]
@@ -79,9 +67,24 @@ class Presets(_StepBenchmarks):
     def setup(self, run, name, preset, dtype, optimizer):
         self._ready(_prepare(run, name, grid.preset_problem(preset, dtype, optimizer), preset))
 
+    def time_loss_and_grads(self, run, *params):
+        self.one_loss_and_grads()
+
+    def peakmem_step(self, run, *params):
+        self.one_step()
+
+    def track_peak_fraction(self, run, *params):
+        step = self.prepared.step
+        return self._gflops() / peak.gemm_peak_gflops(step.problem.dtype, grid.device(step.name))
+
+    track_peak_fraction.unit = "fraction of GEMM peak"
+
 
 class BatchSweep(_StepBenchmarks):
-    """implementation x batch size N (D, H, O = grid.SWEEP_SHAPE) x dtype, with SGD: cost growth with N."""
+    """implementation x batch size N (D, H, O = grid.SWEEP_SHAPE) x dtype, with SGD: how the cost grows with N.
+
+    Time and GFLOP/s only: the other measurements are the preset grid's.
+    """
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.SWEEP_IDS), list(grid.DTYPES)]
     param_names = ["implementation", "batch", "dtype"]
