@@ -104,6 +104,10 @@ def console(data: dict) -> str:
     if noisy:
         lines.append(f"warning: {len(noisy)} of the timings are noisy (IQR/median > "
                      f"{data['settings']['noisy_iqr_ratio']:.0%}); rerun on a quieter machine before trusting them")
+    above_peak = [r for r in data["results"] if r["status"] == "ok" and r["peak_fraction"] > 1]
+    if above_peak:
+        lines.append(f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
+                     "delete it (bench/peak.py says where) and run again")
     for name, reason in skipped.items():
         lines.append(f"skipped {name}: {reason}")
     for r in data["results"]:
@@ -166,7 +170,9 @@ def markdown(data: dict, plot: str | None = None) -> str:
             out += ["", f"{dtype}:", "", "| implementation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
             for name, cells in rows.items():
                 text = [
-                    f"{r['median_s'] * 1e6:,.1f} ({r['gflops']:.1f})" if r and r["status"] == "ok" else _failed_cell(r)
+                    f"{r['median_s'] * 1e6:,.1f} ({r['gflops']:.1f}){' (!)' if r['iqr_ratio'] > settings['noisy_iqr_ratio'] else ''}"
+                    if r and r["status"] == "ok"
+                    else _failed_cell(r)
                     for r in (cells.get(label) for label in labels)
                 ]
                 out.append(f"| `{name}` | " + " | ".join(text) + " |")
