@@ -57,9 +57,13 @@ def _reason(entry: Entry) -> str | None:
     return check(**entry.options) if check is not None else None
 
 
-def available() -> dict[str, str | None]:
-    """{name: None if it can run here, else the reason it cannot}."""
-    return {name: _reason(entry) for name, entry in _REGISTRY.items()}
+def available(names=None) -> dict[str, str | None]:
+    """{name: None if it can run here, else the reason it cannot}, for all names or the ones given.
+
+    Asking for one name imports only that backend (a benchmark process stays free of the others).
+    """
+    names = list(_REGISTRY) if names is None else names
+    return {name: _reason(_entry(name)) for name in names}  # an unknown name is a ValueError
 
 
 def create(name: str, problem: Problem, arrays=None) -> Step:

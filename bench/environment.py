@@ -1,0 +1,68 @@
+"""What every result records about where it was measured: machine, CPU, threads, BLAS, versions, commit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pathlib
+import platform
+import subprocess
+
+from impls import threads
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "threadpoolctl")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str | None]:
+    """Python and library versions, read from package metadata so nothing gets imported."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_state(repo: pathlib.Path = REPO) -> dict:
+    """Commit and dirty flag of the checkout the harness runs from; None where it is not a git checkout."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def machine() -> dict:
+    """The machine and the software on it; stable between runs, so comparisons can check it."""
+    return {
+        "machine": platform.node(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads.describe(),  # the budget, and the BLAS pools with vendor and thread count
+        "versions": versions(),
+    }
+
+
+def record() -> dict:
+    """machine() plus the git commit and dirty flag; call it after the backends have been loaded."""
+    return {**machine(), "git": git_state()}

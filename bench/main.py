@@ -1,0 +1,160 @@
+"""`make bench`: check, then time every available implementation; print the tables, write results/latest/.
+
+    python -m bench [--presets seed tutorial medium] [--dtypes float32 float64]
+                    [--optimizers sgd] [--implementations ...] [--no-sweep] [--out DIR]
+
+Progress goes to stderr, the tables to stdout. results/latest/ (or --out) gets results.json
+(every measurement and the environment), report.md and scaling.png; it is written under a
+temporary name and swapped in at the end, so an interrupted run leaves the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+import impls
+
+from . import environment, grid, peak, prepare, report, timing
+
+DEFAULT_OUT = environment.REPO / "results" / "latest"
+DEFAULT_PRESETS = ("seed", "tutorial", "medium")
+
+
+@dataclasses.dataclass
+class Result:
+    """One implementation on one problem: timed, or why not."""
+
+    implementation: str
+    label: str  # the preset, or the batch-sweep id
+    kind: str  # "preset" or "sweep"
+    problem: dict
+    flops: int
+    status: str  # ok | skipped | disagrees | diverged
+    reason: str = ""  # why skipped, or the checker's report
+    agreement_worst_ratio: float | None = None
+    samples_s: list[float] = dataclasses.field(default_factory=list)  # seconds per step, one per block
+    number: int = 0  # steps per block
+    median_s: float | None = None
+    iqr_ratio: float | None = None
+    gflops: float | None = None
+    peak_fraction: float | None = None
+
+    @property
+    def dtype(self) -> str:
+        return self.problem["dtype"]
+
+    @property
+    def optimizer(self) -> str:
+        return self.problem["optimizer"]
+
+
+def measure(name: str, problem: impls.Problem, label: str, kind: str, preset: str | None, budget_s: float) -> Result:
+    result = Result(name, label, kind, dataclasses.asdict(problem), impls.flops(problem), "ok")
+    try:
+        prepared = prepare.prepare(name, problem, preset)
+    except prepare.Skip as why:
+        result.status, result.reason = "skipped", str(why)
+        return result
+    except prepare.Disagrees as report_text:
+        result.status, result.reason = "disagrees", str(report_text)
+        return result
+    except prepare.Diverged as why:
+        result.status, result.reason = "diverged", str(why)
+        return result
+    result.agreement_worst_ratio = prepared.verdict.worst_ratio
+    t = timing.measure(prepare.synced(prepared.step), budget_s=budget_s)
+    try:
+        prepare.assert_finite(prepared.step)
+    except prepare.Diverged as why:
+        result.status, result.reason = "diverged", str(why)
+        return result
+    result.samples_s, result.number, result.median_s, result.iqr_ratio = t.samples, t.number, t.median, t.iqr_ratio
+    result.gflops = result.flops / t.median / 1e9
+    result.peak_fraction = result.gflops / peak.gemm_peak_gflops(problem.dtype, grid.device(name))
+    return result
+
+
+def cases(names, presets, dtypes, optimizers, sweep):
+    """(name, problem, label, kind, preset), problem-major so one oracle run serves every implementation."""
+    for name, preset, dtype, optimizer in grid.preset_cases(presets, dtypes, optimizers, names):
+        yield name, grid.preset_problem(preset, dtype, optimizer), preset, "preset", preset
+    if sweep:
+        for name, n_id, dtype in grid.sweep_cases(grid.SWEEP_IDS, dtypes, names):
+            yield name, grid.sweep_problem(n_id, dtype), n_id, "sweep", None
+
+
+def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
+    todo = list(cases(names, presets, dtypes, optimizers, sweep))
+    devices = sorted({grid.device(n) for n in names if prepare.skip_reason(n) is None})
+    peaks = {d: {dtype: peak.gemm_peak_gflops(dtype, d) for dtype in dtypes} for d in devices}
+    for d, by_dtype in peaks.items():
+        print(f"GEMM peak ({d}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in by_dtype.items()), file=sys.stderr)
+    results = []
+    start = time.perf_counter()
+    width = max(map(len, names))
+    for i, (name, problem, label, kind, preset) in enumerate(todo, 1):
+        r = measure(name, problem, label, kind, preset, budget_s)
+        results.append(r)
+        if r.status == "ok":
+            outcome = f"{r.median_s * 1e6:12.1f} us/step  IQR/median {r.iqr_ratio:4.0%}"
+        else:
+            outcome = f"{r.status}: {r.reason.splitlines()[0]}"
+        print(
+            f"[{i:3d}/{len(todo)} {time.perf_counter() - start:5.0f} s] {name:<{width}} {label:<8} "
+            f"{problem.dtype} {problem.optimizer:<4} {outcome}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
+        "gemm_peak_gflops": peaks,
+        "settings": {"presets": list(presets), "dtypes": list(dtypes), "optimizers": list(optimizers),
+                     "sweep": list(grid.SWEEP_IDS) if sweep else [], "budget_s": budget_s,
+                     "noisy_iqr_ratio": timing.NOISY, "reference": grid.REFERENCE},
+        "wall_s": time.perf_counter() - start,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def write(data: dict, out: pathlib.Path) -> None:
+    """results.json, report.md and scaling.png into `out`, replacing it only once all are written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    report.plot_scaling(data, tmp / "scaling.png")
+    (tmp / "report.md").write_text(report.markdown(data, plot="scaling.png"))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--implementations", nargs="+", default=None, metavar="NAME", help="default: all registered")
+    parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=grid.PRESETS)
+    parser.add_argument("--dtypes", nargs="+", default=grid.DTYPES, choices=grid.DTYPES)
+    parser.add_argument("--optimizers", nargs="+", default=("sgd",), choices=grid.OPTIMIZERS)
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)")
+    parser.add_argument("--budget", type=float, default=0.5, metavar="S", help="seconds of timing per configuration")
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    names = impls.names() if args.implementations is None else args.implementations
+    for name in names:
+        if name not in impls.names():
+            parser.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
+    data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget)
+    print(report.console(data))
+    write(data, args.out)
+    print(f"\nwrote {args.out}/ (results.json, report.md, scaling.png) in {data['wall_s']:.0f} s", file=sys.stderr)
+    return 1 if any(r["status"] in ("disagrees", "diverged") for r in data["results"]) else 0

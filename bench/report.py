@@ -1,0 +1,249 @@
+"""The main job's output: comparison tables (console and markdown) and the scaling plot, from results.json data."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from . import grid
+
+BEST, NOISY = "*", "!"
+MARKERS = "os^Dv<>pX*"  # one per implementation, so lines stay apart in grey too
+
+
+def _groups(data: dict, kind: str):
+    """{(dtype, optimizer): {implementation: {label: result}}} for one kind of result."""
+    tables: dict = defaultdict(lambda: defaultdict(dict))
+    for r in data["results"]:
+        if r["kind"] == kind:
+            tables[r["problem"]["dtype"], r["problem"]["optimizer"]][r["implementation"]][r["label"]] = r
+    return tables
+
+
+def _labels(data: dict, kind: str) -> list[str]:
+    return data["settings"]["presets"] if kind == "preset" else data["settings"]["sweep"]
+
+
+def _unavailable(data: dict) -> dict[str, str]:
+    """Implementations skipped everywhere, with the reason (they get no row)."""
+    by_name = defaultdict(list)
+    for r in data["results"]:
+        by_name[r["implementation"]].append(r)
+    return {n: rs[0]["reason"] for n, rs in by_name.items() if all(r["status"] == "skipped" for r in rs)}
+
+
+def _best(rows: dict, label: str) -> str | None:
+    timed = {n: cells[label]["median_s"] for n, cells in rows.items() if cells.get(label, {}).get("status") == "ok"}
+    return min(timed, key=timed.get) if timed else None
+
+
+def _failed_cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    return {"skipped": "skipped", "disagrees": "DISAGREES", "diverged": "DIVERGED"}[r["status"]]
+
+
+def _cell_parts(r: dict, reference: dict | None):
+    us = r["median_s"] * 1e6
+    speedup = reference["median_s"] / r["median_s"] if reference and reference["status"] == "ok" else None
+    return us, r["gflops"], 100 * r["peak_fraction"], speedup
+
+
+def console(data: dict) -> str:
+    """One table per dtype (and optimizer): rows implementations, columns presets; then the batch sweep."""
+    ref_name = data["settings"]["reference"]
+    skipped = _unavailable(data)
+    lines = []
+    cell_w = 38  # 12 + 8 + 7 + 9 + 2 marks
+    for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
+        rows = {n: c for n, c in rows.items() if n not in skipped}
+        if not rows:
+            continue
+        labels = _labels(data, "preset")
+        name_w = max(14, *map(len, rows))
+        peaks = ", ".join(f"{d} {p[dtype]:.1f}" for d, p in data["gemm_peak_gflops"].items())
+        lines += [
+            "",
+            f"{dtype}, {optimizer}: median us/step, GFLOP/s, % of GEMM peak ({peaks} GFLOP/s), speed-up over {ref_name}",
+            f"{'':<{name_w}}" + "".join(f"{label:>{cell_w - 2}}  " for label in labels),
+            f"{'implementation':<{name_w}}" + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}  " * len(labels),
+        ]
+        best = {label: _best(rows, label) for label in labels}
+        for name, cells in rows.items():
+            text = []
+            for label in labels:
+                r = cells.get(label)
+                if r is None or r["status"] != "ok":
+                    text.append(f"{_failed_cell(r):>{cell_w - 2}}  ")
+                    continue
+                us, gf, pct, x = _cell_parts(r, rows.get(ref_name, {}).get(label))
+                mark = (BEST if best[label] == name else " ") + (NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " ")
+                xs = f"{x:.2f}x" if x is not None else "n/a"
+                text.append(f"{us:>12,.1f}{gf:>8.2f}{pct:>6.1f}%{xs:>9}{mark}")
+            lines.append(f"{name:<{name_w}}" + "".join(text))
+    sweep = _groups(data, "sweep")
+    if sweep:
+        d, h, o = grid.SWEEP_SHAPE
+        for (dtype, optimizer), rows in sorted(sweep.items()):
+            rows = {n: c for n, c in rows.items() if n not in skipped}
+            labels = _labels(data, "sweep")
+            name_w = max(14, *map(len, rows))
+            lines += ["", f"batch sweep, {dtype}, {optimizer} (D={d}, H={h}, O={o}): median us/step (GFLOP/s)",
+                      f"{'implementation':<{name_w}}" + "".join(f"{label:>19} " for label in labels)]
+            for name, cells in rows.items():
+                text = []
+                for label in labels:
+                    r = cells.get(label)
+                    if r is None or r["status"] != "ok":
+                        text.append(f"{_failed_cell(r):>19} ")
+                    else:
+                        mark = NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " "
+                        text.append(f"{r['median_s'] * 1e6:>12,.1f} ({r['gflops']:>5.1f}){mark}")
+                lines.append(f"{name:<{name_w}}" + "".join(text))
+    lines += ["", f"{BEST} fastest in its column   {NOISY} noisy: IQR/median above {data['settings']['noisy_iqr_ratio']:.0%}"]
+    noisy = [r for r in data["results"] if r["status"] == "ok" and r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"]]
+    if noisy:
+        lines.append(f"warning: {len(noisy)} of the timings are noisy (IQR/median > "
+                     f"{data['settings']['noisy_iqr_ratio']:.0%}); rerun on a quieter machine before trusting them")
+    above_peak = [r for r in data["results"] if r["status"] == "ok" and r["peak_fraction"] > 1]
+    if above_peak:
+        lines.append(f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
+                     "delete it (bench/peak.py says where) and run again")
+    for name, reason in skipped.items():
+        lines.append(f"skipped {name}: {reason}")
+    for r in data["results"]:
+        if r["status"] in ("disagrees", "diverged"):
+            lines.append(f"{r['status'].upper()}: {r['implementation']} at {r['label']} {r['problem']['dtype']} "
+                         f"(full report in report.md)")
+    return "\n".join(lines)
+
+
+def markdown(data: dict, plot: str | None = None) -> str:
+    """report.md: environment, GEMM peaks, the tables, skipped and failed implementations, the plot."""
+    env, settings = data["environment"], data["settings"]
+    ref_name = settings["reference"]
+    skipped = _unavailable(data)
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in env["threads"].get("blas", []))
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    git = env["git"]
+    out = [
+        "# stepbench: one training step, every implementation",
+        "",
+        "Each cell: median time per step, achieved GFLOP/s (matmul FLOPs of the step, `impls.flops`), "
+        "the fraction of this machine's measured GEMM peak, and the speed-up over "
+        f"`{ref_name}` in the same run. **Bold**: fastest in its column; (!): IQR/median above "
+        f"{settings['noisy_iqr_ratio']:.0%}. Every timed implementation passed the agreement check first.",
+        "",
+        f"- machine: {env['machine']}, {env['cpu']}, {env['cores']} cores, {env['system']}",
+        f"- thread budget: {env['threads']['budget']}; BLAS: {blas or 'unknown'}",
+        f"- versions: {versions}",
+        f"- commit: {git['commit']}{' (dirty)' if git['dirty'] else ''}",
+        "- GEMM peak: " + "; ".join(f"{d}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in p.items())
+                                    for d, p in data["gemm_peak_gflops"].items()),
+        f"- run: {data['wall_s']:.0f} s, {settings['budget_s']} s of timing per configuration",
+    ]
+    for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
+        rows = {n: c for n, c in rows.items() if n not in skipped}
+        labels = _labels(data, "preset")
+        out += ["", f"## {dtype}, {optimizer}", "", "| implementation | " + " | ".join(labels) + " |",
+                "|---|" + "---:|" * len(labels)]
+        best = {label: _best(rows, label) for label in labels}
+        for name, cells in rows.items():
+            text = []
+            for label in labels:
+                r = cells.get(label)
+                if r is None or r["status"] != "ok":
+                    text.append(_failed_cell(r))
+                    continue
+                us, gf, pct, x = _cell_parts(r, rows.get(ref_name, {}).get(label))
+                time_text = f"**{us:,.1f} us**" if best[label] == name else f"{us:,.1f} us"
+                noisy = " (!)" if r["iqr_ratio"] > settings["noisy_iqr_ratio"] else ""
+                xs = f"{x:.2f}x" if x is not None else "n/a"
+                text.append(f"{time_text}{noisy}<br>{gf:.2f} GFLOP/s · {pct:.1f}% · {xs}")
+            out.append(f"| `{name}` | " + " | ".join(text) + " |")
+    sweep = _groups(data, "sweep")
+    if sweep:
+        d, h, o = grid.SWEEP_SHAPE
+        out += ["", f"## Batch sweep (D={d}, H={h}, O={o}, SGD): us/step (GFLOP/s)"]
+        for (dtype, optimizer), rows in sorted(sweep.items()):
+            rows = {n: c for n, c in rows.items() if n not in skipped}
+            labels = _labels(data, "sweep")
+            out += ["", f"{dtype}:", "", "| implementation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+            for name, cells in rows.items():
+                text = [
+                    f"{r['median_s'] * 1e6:,.1f} ({r['gflops']:.1f}){' (!)' if r['iqr_ratio'] > settings['noisy_iqr_ratio'] else ''}"
+                    if r and r["status"] == "ok"
+                    else _failed_cell(r)
+                    for r in (cells.get(label) for label in labels)
+                ]
+                out.append(f"| `{name}` | " + " | ".join(text) + " |")
+        if plot:
+            out += ["", f"![time per step against FLOPs per step]({plot})"]
+    if skipped:
+        out += ["", "## Not run here", ""] + [f"- `{n}`: {reason}" for n, reason in skipped.items()]
+    failed = [r for r in data["results"] if r["status"] in ("disagrees", "diverged")]
+    if failed:
+        out += ["", "## Failed, not timed"]
+        for r in failed:
+            out += ["", f"`{r['implementation']}` at {r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}: "
+                        f"{r['status']}", "", "```", r["reason"], "```"]
+    return "\n".join(out) + "\n"
+
+
+def plot_scaling(data: dict, path) -> None:
+    """scaling.png: log-log time per step against FLOPs per step over the batch sweep, a line per implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    sweep = _groups(data, "sweep")
+    dtypes = sorted({dtype for dtype, _ in sweep}) or data["settings"]["dtypes"]
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6.4 * len(dtypes), 5.2), sharey=True, squeeze=False)
+    d, h, o = grid.SWEEP_SHAPE
+    flops_per_row = 4 * d * h + 6 * h * o  # impls.flops is linear in N: the top axis reads N off FLOPs
+    for ax, dtype in zip(axes[0], dtypes):
+        rows = sweep.get((dtype, grid.SWEEP_OPTIMIZER), {})
+        for i, (name, cells) in enumerate(rows.items()):
+            points = sorted((r["flops"], r["median_s"] * 1e6) for r in cells.values() if r["status"] == "ok")
+            if points:
+                ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], label=name)
+        flops = sorted({r["flops"] for cells in rows.values() for r in cells.values()})
+        for device, peaks in data["gemm_peak_gflops"].items():
+            if flops and dtype in peaks:
+                gflops = peaks[dtype]
+                ax.plot(flops, [f / gflops / 1e3 for f in flops], "k--", lw=1,
+                        label=f"GEMM peak, {device} ({gflops:.0f} GFLOP/s)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("matmul FLOPs per step")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_flops_label))
+        ax.set_title(f"{dtype}, {grid.SWEEP_OPTIMIZER}, D={d}, H={h}, O={o}", fontsize=10)
+        top = ax.secondary_xaxis("top", functions=(lambda f: f / flops_per_row, lambda n: n * flops_per_row))
+        top.set_xlabel("batch size N")
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0][0].set_ylabel("time per step, median")
+    axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_duration_label))
+    env = data["environment"]
+    fig.suptitle(f"Time per training step over the batch sweep, {env['machine']} ({env['cpu']}, "
+                 f"{env['threads']['budget']} threads). Lower is faster; the vertical gap to the dashed "
+                 f"line is the shortfall from GEMM peak.", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _flops_label(flops: float, _pos=None) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:g} {unit}"
+    return f"{flops:g}"
+
+
+def _duration_label(us: float, _pos=None) -> str:
+    """Tick label of a time in microseconds: 10 us, 1 ms, 2.5 s."""
+    for unit, scale in (("s", 1e6), ("ms", 1e3), ("us", 1.0)):
+        if us >= scale:
+            return f"{us / scale:g} {unit}"
+    return f"{us:g} us"

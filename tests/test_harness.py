@@ -1,0 +1,209 @@
+"""The timing harnesses' logic: the static grid, setup discipline, new registry entries, reports.
+
+Nothing here is timed: where the main job would time, bench.timing.measure is replaced by
+fixed samples, and the GEMM peak by a constant.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import impls
+from bench import agreement_worker, environment, grid, main, peak, prepare, report, timing, training_step, verdicts
+from impls import registry
+
+TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would register itself
+GHOST = "ghost:cpu"  # registered, but unavailable here
+WRONG = "numpy:wrong"  # registered, available, and wrong: the checker must stop it before timing
+
+
+@pytest.fixture
+def new_entries(monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, TWIN, registry.Entry("numpy_ref", "NumpyStep"))
+    monkeypatch.setitem(registry._REGISTRY, GHOST, registry.Entry("numpy_ref", "NumpyStep", requires=("no_such_package_for_stepbench",)))
+    monkeypatch.setitem(registry._REGISTRY, WRONG, registry.Entry("negative_controls", "W2NotTransposed"))
+
+
+@pytest.fixture
+def fake_timing(monkeypatch):
+    """measure() returns fixed samples (numpy 100 us, the twin 50 us, with one noisy config); records its calls."""
+    calls = []
+
+    def measure(call, **kwargs):
+        step = call.step  # prepare.synced's call knows its step
+        calls.append(step.name)
+        base = 50e-6 if step.name == TWIN else 100e-6
+        spread = 0.5 if step.problem.dtype == "float64" else 0.01  # float64 reads as noisy
+        return timing.Timing([base * (1 - spread)] * 2 + [base] + [base * (1 + spread)] * 2, 1)
+
+    monkeypatch.setattr(timing, "measure", measure)
+    monkeypatch.setattr(peak, "gemm_peak_gflops", lambda dtype, device="cpu": 100.0)
+    return calls
+
+
+def test_grid_ids_are_static_and_readable():
+    assert grid.PRESETS == tuple(impls.SIZES)
+    assert grid.SWEEP_IDS == ("n00064", "n00256", "n01024", "n04096", "n16384")
+    assert grid.IMPLEMENTATIONS[0] == grid.REFERENCE == "numpy"
+    cases = grid.preset_cases()
+    assert len(cases) == len(impls.names()) * len(impls.SIZES) * 2 * 2
+    assert cases[: len(impls.names())] == [(n, "seed", "float32", "sgd") for n in impls.names()]  # problem-major
+
+
+def test_grid_problems_are_the_checked_ones():
+    assert grid.preset_problem("medium", "float32", "adam") == impls.agreement.check_problem("medium", "float32", "adam")
+    p = grid.sweep_problem("n04096", "float64")
+    assert p.shape == (4096, 1000, 100, 10) and (p.optimizer, p.init) == ("sgd", "torch")
+    assert p.lr == impls.agreement.CHECK_LR["sgd"]
+
+
+def test_accelerator_presets_skip_cpu_implementations_only():
+    assert grid.device("numpy") == grid.device("numba:parallel") == grid.device("torch:cpu:autograd") == "cpu"
+    assert grid.device("torch:cuda") == grid.device("torch:cuda:graph") == "cuda"
+    assert "accelerators only" in grid.size_skip_reason("torch:cpu", "xlarge")
+    assert grid.size_skip_reason("torch:cuda:graph", "xlarge") is None
+    assert grid.size_skip_reason("numpy", "large") is None
+
+
+def test_new_registry_entries_join_the_grid(new_entries):
+    names = {c[0] for c in grid.preset_cases()} | {c[0] for c in grid.sweep_cases()}
+    assert {TWIN, GHOST, WRONG} <= names
+
+
+def test_prepare_skips_unavailable_with_the_reason(new_entries):
+    with pytest.raises(prepare.Skip, match="no_such_package_for_stepbench not installed"):
+        prepare.prepare(GHOST, grid.preset_problem("seed", "float32", "sgd"), "seed")
+    with pytest.raises(prepare.Skip, match="accelerators only"):
+        prepare.prepare("numpy", grid.preset_problem("xlarge", "float32", "sgd"), "xlarge")
+
+
+def test_prepare_refuses_to_time_a_wrong_implementation(new_entries):
+    with pytest.raises(prepare.Disagrees, match=f"{WRONG} DISAGREES"):
+        prepare.prepare(WRONG, grid.preset_problem("seed", "float64", "sgd"), "seed")
+
+
+def test_prepare_returns_a_checked_warm_step():
+    prepared = prepare.prepare("numpy", grid.preset_problem("seed", "float32", "adam"), "seed")
+    assert prepared.verdict.ok and 0 <= prepared.verdict.worst_ratio <= 1
+    assert prepared.step.name == "numpy" and prepared.step.problem.optimizer == "adam"
+    w1_before = prepared.step.weights()[0]
+    prepare.synced(prepared.step)()
+    assert not np.array_equal(prepared.step.weights()[0], w1_before)  # the timed call does a step
+
+
+def test_non_finite_weights_are_caught():
+    step = impls.create("numpy", impls.Problem.preset("seed"))
+    prepare.assert_finite(step)
+    step.w1[0, 0] = np.nan
+    with pytest.raises(prepare.Diverged, match="no longer finite"):
+        prepare.assert_finite(step)
+
+
+def test_asv_setup_skips_with_not_implemented_error(new_entries):
+    bench = training_step.Presets()
+    with pytest.raises(NotImplementedError, match="accelerators only"):
+        bench.setup("run", "numpy", "xlarge", "float64", "sgd")
+    with pytest.raises(NotImplementedError, match="not installed"):
+        bench.setup("run", GHOST, "seed", "float64", "sgd")
+
+
+def test_asv_verdicts_are_checked_once_per_problem_in_a_child(monkeypatch, tmp_path):
+    monkeypatch.setattr(verdicts, "ROOT", tmp_path)
+    run = verdicts.new_run()
+    problem = grid.preset_problem("seed", "float32", "sgd")
+    verdict = verdicts.lookup(run, "seed")
+    found = verdict("numpy", problem)
+    assert found.ok and "numpy agrees with" in found.report
+    (written,) = (tmp_path / run).glob("*.json")
+    assert set(json.loads(written.read_text())) == set(grid.IMPLEMENTATIONS)
+
+    def no_second_check(*args):
+        raise AssertionError("checked twice")
+
+    monkeypatch.setattr(verdicts, "_check_in_child", no_second_check)
+    assert verdict("numpy", problem) == found
+
+
+def test_agreement_worker_reports_each_implementation(new_entries):
+    problem = grid.preset_problem("seed", "float64", "sgd")
+    found = agreement_worker.main({"problem": dataclasses.asdict(problem), "names": ["numpy", GHOST, WRONG]})
+    assert found["numpy"]["ok"] and found["numpy"]["worst_ratio"] <= 1
+    assert found[GHOST] == {"unavailable": "no_such_package_for_stepbench not installed"}
+    assert not found[WRONG]["ok"] and "DISAGREES" in found[WRONG]["report"]
+
+
+def test_main_job_covers_new_entries_and_times_only_what_agrees(new_entries, fake_timing):
+    data = main.run(impls.names(), ("seed",), ("float32", "float64"), ("sgd",), sweep=False, budget_s=0)
+    status = {(r["implementation"], r["problem"]["dtype"]): r["status"] for r in data["results"]}
+    assert status[TWIN, "float32"] == status["numpy", "float64"] == "ok"
+    assert status[GHOST, "float32"] == "skipped" and status[WRONG, "float64"] == "disagrees"
+    assert WRONG not in fake_timing and GHOST not in fake_timing  # neither was timed
+    text = report.console(data)
+    assert f"skipped {GHOST}: {GHOST} unavailable: no_such_package_for_stepbench not installed" in text
+    assert f"DISAGREES: {WRONG} at seed float64" in text
+    twin_f32, twin_f64 = (line for line in text.splitlines() if line.startswith(TWIN))
+    numpy_f32, numpy_f64 = (line for line in text.splitlines() if line.startswith("numpy "))
+    # The twin takes half numpy's time: marked fastest, 2x; float64 is flagged noisy, float32 not.
+    assert twin_f32.endswith("2.00x* ") and twin_f64.endswith("2.00x*!")
+    assert numpy_f32.endswith("1.00x  ") and numpy_f64.endswith("1.00x !")
+    assert "warning: 2 of the timings are noisy" in text
+    ok = next(r for r in data["results"] if r["implementation"] == TWIN and r["status"] == "ok")
+    assert ok["gflops"] == pytest.approx(impls.flops(impls.Problem.preset("seed")) / 50e-6 / 1e9)
+    assert ok["peak_fraction"] == pytest.approx(ok["gflops"] / 100.0)
+    md = report.markdown(data)
+    assert f"`{WRONG}` at seed float64 sgd: disagrees" in md and f"- `{GHOST}`:" in md
+
+
+def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
+    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064", "n00128"))
+    out = tmp_path / "latest"
+    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0"])
+    written = {p.name for p in out.iterdir()}
+    assert written == {"results.json", "report.md", "scaling.png"}
+    data = json.loads((out / "results.json").read_text())
+    assert data["environment"]["threads"]["budget"] >= 1 and "commit" in data["environment"]["git"]
+    assert {r["label"] for r in data["results"]} == {"seed", *grid.SWEEP_IDS}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_scaling", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
+    assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
+
+
+def test_environment_record_has_what_results_need():
+    record = environment.record()
+    assert {"machine", "cpu", "cores", "threads", "versions", "git"} <= set(record)
+    assert record["threads"]["budget"] >= 1 and record["versions"]["numpy"] == np.__version__
+    assert set(record["git"]) == {"commit", "dirty"}
+
+
+def test_gemm_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(peak, "_measure_cpu", lambda dtype: measured.append(dtype) or 42.0)
+    assert peak.gemm_peak_gflops("float32") == 42.0
+    assert peak.gemm_peak_gflops("float32") == 42.0
+    assert peak.gemm_peak_gflops("float64") == 42.0
+    assert measured == ["float32", "float64"]
+
+
+def test_available_for_some_names_imports_only_their_backends():
+    code = (
+        "import sys, impls; from impls import registry;"
+        "registry._REGISTRY['other'] = registry.Entry('negative_controls', 'W2NotTransposed');"
+        "print(impls.available(['numpy']), 'impls.negative_controls' in sys.modules);"
+        "impls.available(); print('impls.negative_controls' in sys.modules)"
+    )
+    root = environment.REPO
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.split("\n")[:2] == ["{'numpy': None} False", "True"]
+    with pytest.raises(ValueError, match="^name must be one of"):
+        impls.available(["nonesuch"])
