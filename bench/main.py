@@ -115,9 +115,15 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
     return {
         "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
         "gemm_peak_gflops": peaks,
-        "settings": {"presets": list(presets), "dtypes": list(dtypes), "optimizers": list(optimizers),
-                     "sweep": list(grid.SWEEP_IDS) if sweep else [], "budget_s": budget_s,
-                     "noisy_iqr_ratio": timing.NOISY, "reference": grid.REFERENCE},
+        "settings": {
+            "presets": list(presets),
+            "dtypes": list(dtypes),
+            "optimizers": list(optimizers),
+            "sweep": list(grid.SWEEP_IDS) if sweep else [],
+            "budget_s": budget_s,
+            "noisy_iqr_ratio": timing.NOISY,
+            "reference": grid.REFERENCE,
+        },
         "wall_s": time.perf_counter() - start,
         "results": [dataclasses.asdict(r) for r in results],
     }
@@ -145,7 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=grid.PRESETS)
     parser.add_argument("--dtypes", nargs="+", default=grid.DTYPES, choices=grid.DTYPES)
     parser.add_argument("--optimizers", nargs="+", default=("sgd",), choices=grid.OPTIMIZERS)
-    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)")
+    parser.add_argument(
+        "--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)"
+    )
     parser.add_argument("--budget", type=float, default=0.5, metavar="S", help="seconds of timing per configuration")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

@@ -55,8 +55,13 @@ def gemm_peak_gflops(dtype: str, device: str = "cpu") -> float:
     gflops = _measure_cuda(dtype) if device == "cuda" else _measure_cpu(dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    record = {"gflops": gflops, "dtype": dtype, "device": device, "sizes": GEMM_SIZES[device],
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        "gflops": gflops,
+        "dtype": dtype,
+        "device": device,
+        "sizes": GEMM_SIZES[device],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)  # readers never see a half-written file
     return gflops
@@ -70,7 +75,7 @@ def _measure_cpu(dtype: str) -> float:
         a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))  # n,n
         out = np.empty((n, n), dtype=dtype)
         np.matmul(a, b, out=out)  # warm-up: thread pool start, page faults
-        fastest = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(GEMM_REPEATS))
+        fastest = min(_timed(lambda a=a, b=b, out=out: np.matmul(a, b, out=out)) for _ in range(GEMM_REPEATS))
         best = max(best, 2 * n**3 / fastest / 1e9)
     return best
 
@@ -84,7 +89,7 @@ def _measure_cuda(dtype: str) -> float:
         a, b = (torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype)) for _ in range(2))  # n,n
         out = torch.empty(n, n, device="cuda", dtype=a.dtype)
 
-        def product():
+        def product(a=a, b=b, out=out):
             torch.matmul(a, b, out=out)
             torch.cuda.synchronize()  # the product is done only when the device says so
 

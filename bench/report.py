@@ -65,7 +65,8 @@ def console(data: dict) -> str:
             "",
             f"{dtype}, {optimizer}: median us/step, GFLOP/s, % of GEMM peak ({peaks} GFLOP/s), speed-up over {ref_name}",
             f"{'':<{name_w}}" + "".join(f"{label:>{cell_w - 2}}  " for label in labels),
-            f"{'implementation':<{name_w}}" + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}  " * len(labels),
+            f"{'implementation':<{name_w}}"
+            + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}  " * len(labels),
         ]
         best = {label: _best(rows, label) for label in labels}
         for name, cells in rows.items():
@@ -76,19 +77,24 @@ def console(data: dict) -> str:
                     text.append(f"{_failed_cell(r):>{cell_w - 2}}  ")
                     continue
                 us, gf, pct, x = _cell_parts(r, rows.get(ref_name, {}).get(label))
-                mark = (BEST if best[label] == name else " ") + (NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " ")
+                mark = (BEST if best[label] == name else " ") + (
+                    NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " "
+                )
                 xs = f"{x:.2f}x" if x is not None else "n/a"
                 text.append(f"{us:>12,.1f}{gf:>8.2f}{pct:>6.1f}%{xs:>9}{mark}")
             lines.append(f"{name:<{name_w}}" + "".join(text))
     sweep = _groups(data, "sweep")
     if sweep:
         d, h, o = grid.SWEEP_SHAPE
-        for (dtype, optimizer), rows in sorted(sweep.items()):
+        for (dtype, _optimizer), rows in sorted(sweep.items()):
             rows = {n: c for n, c in rows.items() if n not in skipped}
             labels = _labels(data, "sweep")
             name_w = max(14, *map(len, rows))
-            lines += ["", f"batch sweep, {dtype}, {optimizer} (D={d}, H={h}, O={o}): median us/step (GFLOP/s)",
-                      f"{'implementation':<{name_w}}" + "".join(f"{label:>19} " for label in labels)]
+            lines += [
+                "",
+                f"batch sweep, {dtype}, {optimizer} (D={d}, H={h}, O={o}): median us/step (GFLOP/s)",
+                f"{'implementation':<{name_w}}" + "".join(f"{label:>19} " for label in labels),
+            ]
             for name, cells in rows.items():
                 text = []
                 for label in labels:
@@ -99,21 +105,30 @@ def console(data: dict) -> str:
                         mark = NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " "
                         text.append(f"{r['median_s'] * 1e6:>12,.1f} ({r['gflops']:>5.1f}){mark}")
                 lines.append(f"{name:<{name_w}}" + "".join(text))
-    lines += ["", f"{BEST} fastest in its column   {NOISY} noisy: IQR/median above {data['settings']['noisy_iqr_ratio']:.0%}"]
+    lines += [
+        "",
+        f"{BEST} fastest in its column   {NOISY} noisy: IQR/median above {data['settings']['noisy_iqr_ratio']:.0%}",
+    ]
     noisy = [r for r in data["results"] if r["status"] == "ok" and r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"]]
     if noisy:
-        lines.append(f"warning: {len(noisy)} of the timings are noisy (IQR/median > "
-                     f"{data['settings']['noisy_iqr_ratio']:.0%}); rerun on a quieter machine before trusting them")
+        lines.append(
+            f"warning: {len(noisy)} of the timings are noisy (IQR/median > "
+            f"{data['settings']['noisy_iqr_ratio']:.0%}); rerun on a quieter machine before trusting them"
+        )
     above_peak = [r for r in data["results"] if r["status"] == "ok" and r["peak_fraction"] > 1]
     if above_peak:
-        lines.append(f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
-                     "delete it (bench/peak.py says where) and run again")
+        lines.append(
+            f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
+            "delete it (bench/peak.py says where) and run again"
+        )
     for name, reason in skipped.items():
         lines.append(f"skipped {name}: {reason}")
     for r in data["results"]:
         if r["status"] in ("disagrees", "diverged"):
-            lines.append(f"{r['status'].upper()}: {r['implementation']} at {r['label']} {r['problem']['dtype']} "
-                         f"(full report in report.md)")
+            lines.append(
+                f"{r['status'].upper()}: {r['implementation']} at {r['label']} {r['problem']['dtype']} "
+                f"(full report in report.md)"
+            )
     return "\n".join(lines)
 
 
@@ -122,7 +137,9 @@ def markdown(data: dict, plot: str | None = None) -> str:
     env, settings = data["environment"], data["settings"]
     ref_name = settings["reference"]
     skipped = _unavailable(data)
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in env["threads"].get("blas", []))
+    blas = ", ".join(
+        f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in env["threads"].get("blas", [])
+    )
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     git = env["git"]
     out = [
@@ -137,15 +154,23 @@ def markdown(data: dict, plot: str | None = None) -> str:
         f"- thread budget: {env['threads']['budget']}; BLAS: {blas or 'unknown'}",
         f"- versions: {versions}",
         f"- commit: {git['commit']}{' (dirty)' if git['dirty'] else ''}",
-        "- GEMM peak: " + "; ".join(f"{d}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in p.items())
-                                    for d, p in data["gemm_peak_gflops"].items()),
+        "- GEMM peak: "
+        + "; ".join(
+            f"{d}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in p.items())
+            for d, p in data["gemm_peak_gflops"].items()
+        ),
         f"- run: {data['wall_s']:.0f} s, {settings['budget_s']} s of timing per configuration",
     ]
     for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
         rows = {n: c for n, c in rows.items() if n not in skipped}
         labels = _labels(data, "preset")
-        out += ["", f"## {dtype}, {optimizer}", "", "| implementation | " + " | ".join(labels) + " |",
-                "|---|" + "---:|" * len(labels)]
+        out += [
+            "",
+            f"## {dtype}, {optimizer}",
+            "",
+            "| implementation | " + " | ".join(labels) + " |",
+            "|---|" + "---:|" * len(labels),
+        ]
         best = {label: _best(rows, label) for label in labels}
         for name, cells in rows.items():
             text = []
@@ -164,10 +189,16 @@ def markdown(data: dict, plot: str | None = None) -> str:
     if sweep:
         d, h, o = grid.SWEEP_SHAPE
         out += ["", f"## Batch sweep (D={d}, H={h}, O={o}, SGD): us/step (GFLOP/s)"]
-        for (dtype, optimizer), rows in sorted(sweep.items()):
+        for (dtype, _optimizer), rows in sorted(sweep.items()):
             rows = {n: c for n, c in rows.items() if n not in skipped}
             labels = _labels(data, "sweep")
-            out += ["", f"{dtype}:", "", "| implementation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+            out += [
+                "",
+                f"{dtype}:",
+                "",
+                "| implementation | " + " | ".join(labels) + " |",
+                "|---|" + "---:|" * len(labels),
+            ]
             for name, cells in rows.items():
                 text = [
                     f"{r['median_s'] * 1e6:,.1f} ({r['gflops']:.1f}){' (!)' if r['iqr_ratio'] > settings['noisy_iqr_ratio'] else ''}"
@@ -184,8 +215,15 @@ def markdown(data: dict, plot: str | None = None) -> str:
     if failed:
         out += ["", "## Failed, not timed"]
         for r in failed:
-            out += ["", f"`{r['implementation']}` at {r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}: "
-                        f"{r['status']}", "", "```", r["reason"], "```"]
+            out += [
+                "",
+                f"`{r['implementation']}` at {r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}: "
+                f"{r['status']}",
+                "",
+                "```",
+                r["reason"],
+                "```",
+            ]
     return "\n".join(out) + "\n"
 
 
@@ -202,18 +240,23 @@ def plot_scaling(data: dict, path) -> None:
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6.4 * len(dtypes), 5.2), sharey=True, squeeze=False)
     d, h, o = grid.SWEEP_SHAPE
     flops_per_row = 4 * d * h + 6 * h * o  # impls.flops is linear in N: the top axis reads N off FLOPs
-    for ax, dtype in zip(axes[0], dtypes):
+    for ax, dtype in zip(axes[0], dtypes, strict=True):
         rows = sweep.get((dtype, grid.SWEEP_OPTIMIZER), {})
         for i, (name, cells) in enumerate(rows.items()):
             points = sorted((r["flops"], r["median_s"] * 1e6) for r in cells.values() if r["status"] == "ok")
             if points:
-                ax.plot(*zip(*points), marker=MARKERS[i % len(MARKERS)], label=name)
+                ax.plot(*zip(*points, strict=True), marker=MARKERS[i % len(MARKERS)], label=name)
         flops = sorted({r["flops"] for cells in rows.values() for r in cells.values()})
         for device, peaks in data["gemm_peak_gflops"].items():
             if flops and dtype in peaks:
                 gflops = peaks[dtype]
-                ax.plot(flops, [f / gflops / 1e3 for f in flops], "k--", lw=1,
-                        label=f"GEMM peak, {device} ({gflops:.0f} GFLOP/s)")
+                ax.plot(
+                    flops,
+                    [f / gflops / 1e3 for f in flops],
+                    "k--",
+                    lw=1,
+                    label=f"GEMM peak, {device} ({gflops:.0f} GFLOP/s)",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
@@ -226,9 +269,12 @@ def plot_scaling(data: dict, path) -> None:
     axes[0][0].set_ylabel("time per step, median")
     axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_duration_label))
     env = data["environment"]
-    fig.suptitle(f"Time per training step over the batch sweep, {env['machine']} ({env['cpu']}, "
-                 f"{env['threads']['budget']} threads). Lower is faster; the vertical gap to the dashed "
-                 f"line is the shortfall from GEMM peak.", fontsize=10)
+    fig.suptitle(
+        f"Time per training step over the batch sweep, {env['machine']} ({env['cpu']}, "
+        f"{env['threads']['budget']} threads). Lower is faster; the vertical gap to the dashed "
+        f"line is the shortfall from GEMM peak.",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,9 +7,8 @@ timed bodies are one call. `pytest bench --benchmark-disable` runs each body onc
 import pytest
 
 import impls
-from impls import threads
-
 from bench import grid, peak, prepare
+from impls import threads
 
 PRESET_CASES = grid.preset_cases()
 SWEEP_CASES = grid.sweep_cases()

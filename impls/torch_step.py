@@ -89,7 +89,12 @@ class _TorchStep(Step):
 
     def describe(self) -> dict:
         """What results record about how this step ran."""
-        record = {"device": str(self.device), "torch": torch.__version__, "threads": torch.get_num_threads(), "tf32": self.tf32}
+        record = {
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "tf32": self.tf32,
+        }
         if self.device.type == "cuda":
             record.update(device_name=torch.cuda.get_device_name(self.device), cuda=torch.version.cuda)
         return record
@@ -134,7 +139,7 @@ class _Adam:
 
     def update(self, weights, grads):
         step_size, correction2_sqrt = self._advance()
-        for w, g, m, v, denom in zip(weights, grads, self.m, self.v, self.denom):
+        for w, g, m, v, denom in zip(weights, grads, self.m, self.v, self.denom, strict=True):
             m.lerp_(g, 1 - ADAM_BETA1)  # m = b1 m + (1 - b1) g
             v.mul_(ADAM_BETA2).addcmul_(g, g, value=1 - ADAM_BETA2)  # v = b2 v + (1 - b2) g^2
             torch.sqrt(v, out=denom).div_(correction2_sqrt).add_(ADAM_EPS)
@@ -190,7 +195,7 @@ class TorchStep(_TorchStep):
         if self.adam is not None:
             self.adam.update(weights, grads)
         else:
-            for w, g in zip(weights, grads):
+            for w, g in zip(weights, grads, strict=True):
                 w.add_(g, alpha=-self.problem.lr)
         return self.loss
 
@@ -227,7 +232,7 @@ class TorchGraphStep(TorchStep):
             for _ in range(GRAPH_WARMUP_STEPS):
                 self._eager_step()
         torch.cuda.current_stream(self.device).wait_stream(side)
-        for t, start in zip(self._state(), saved):
+        for t, start in zip(self._state(), saved, strict=True):
             t.copy_(start)  # undo the warm-up: the first replay is the first step
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

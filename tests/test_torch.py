@@ -74,7 +74,7 @@ def test_host_arrays_are_copies(name):
     w1, w2 = step.weights()
     kept = [a.copy() for a in (gw1, gw2, w1, w2)]
     step.run(2)
-    for got, was in zip((gw1, gw2, w1, w2), kept):
+    for got, was in zip((gw1, gw2, w1, w2), kept, strict=True):
         np.testing.assert_array_equal(got, was)  # nothing returned earlier moved with the step
     w1[...] = 0
     assert not np.array_equal(step.weights()[0], w1) and not np.array_equal(step.weights()[0], kept[2])
