@@ -8,12 +8,13 @@ from impls import agreement, negative_controls
 
 from .conftest import require
 
+# The name varies fastest, so every implementation of one problem is checked against one cached oracle run.
 CASES = [
     (name, preset, dtype, optimizer)
-    for name in impls.names()
     for preset in impls.CPU_PRESETS
     for dtype in ("float32", "float64")
     for optimizer in ("sgd", "adam")
+    for name in impls.names()
 ]
 
 
