@@ -36,6 +36,11 @@ def _best(rows: dict, label: str) -> str | None:
     return min(timed, key=timed.get) if timed else None
 
 
+def _table_head(title: str, labels) -> list[str]:
+    """A markdown table's title and header rows: implementation, then one right-aligned column per label."""
+    return ["", title, "", "| implementation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+
+
 def _failed_cell(r: dict | None) -> str:
     if r is None:
         return "-"
@@ -164,13 +169,7 @@ def markdown(data: dict, plot: str | None = None) -> str:
     for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
         rows = {n: c for n, c in rows.items() if n not in skipped}
         labels = _labels(data, "preset")
-        out += [
-            "",
-            f"## {dtype}, {optimizer}",
-            "",
-            "| implementation | " + " | ".join(labels) + " |",
-            "|---|" + "---:|" * len(labels),
-        ]
+        out += _table_head(f"## {dtype}, {optimizer}", labels)
         best = {label: _best(rows, label) for label in labels}
         for name, cells in rows.items():
             text = []
@@ -192,13 +191,7 @@ def markdown(data: dict, plot: str | None = None) -> str:
         for (dtype, _optimizer), rows in sorted(sweep.items()):
             rows = {n: c for n, c in rows.items() if n not in skipped}
             labels = _labels(data, "sweep")
-            out += [
-                "",
-                f"{dtype}:",
-                "",
-                "| implementation | " + " | ".join(labels) + " |",
-                "|---|" + "---:|" * len(labels),
-            ]
+            out += _table_head(f"{dtype}:", labels)
             for name, cells in rows.items():
                 text = [
                     f"{r['median_s'] * 1e6:,.1f} ({r['gflops']:.1f}){' (!)' if r['iqr_ratio'] > settings['noisy_iqr_ratio'] else ''}"
