@@ -130,7 +130,7 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
 
 
 def write(data: dict, out: pathlib.Path) -> None:
-    """results.json, report.md and scaling.png into `out`, replacing it only once all are written."""
+    """results.json, report.md and scaling.png into `out`, replacing them only once all are written; other files stay."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,6 +140,10 @@ def write(data: dict, out: pathlib.Path) -> None:
     (tmp / "report.md").write_text(report.markdown(data, plot="scaling.png"))
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
+        # Other jobs write here too (make dynamics): their files move into the new folder untouched.
+        for other in out.iterdir():
+            if not (tmp / other.name).exists():
+                other.rename(tmp / other.name)
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)

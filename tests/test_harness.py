@@ -167,9 +167,12 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
     monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
     monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064", "n00128"))
     out = tmp_path / "latest"
+    out.mkdir()
+    (out / "dynamics.md").write_text("another job's report")  # make dynamics writes beside make bench
     main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0"])
     written = {p.name for p in out.iterdir()}
-    assert written == {"results.json", "report.md", "scaling.png"}
+    assert written == {"results.json", "report.md", "scaling.png", "dynamics.md"}
+    assert (out / "dynamics.md").read_text() == "another job's report"
     data = json.loads((out / "results.json").read_text())
     assert data["environment"]["threads"]["budget"] >= 1 and "commit" in data["environment"]["git"]
     assert {r["label"] for r in data["results"]} == {"seed", *grid.SWEEP_IDS}
