@@ -46,6 +46,7 @@ asv-machine: $(STAMP)
 
 asv-run: $(STAMP) asv-machine
 	$(ASV) run --python=same --set-commit-hash HEAD
+	$(PY) -m bench.environment --save results/asv-environment
 
 asv-publish: $(STAMP)
 	$(ASV) publish

@@ -66,3 +66,42 @@ def machine() -> dict:
 def record() -> dict:
     """machine() plus the git commit and dirty flag; call it after the backends have been loaded."""
     return {**machine(), "git": git_state()}
+
+
+def load_backends() -> list[str]:
+    """Create a 1x1x1x1 step of every implementation that can run here, so their thread pools exist."""
+    import impls
+
+    loaded = []
+    for name, reason in impls.available().items():
+        if reason is None:
+            impls.create(name, impls.Problem(n=1, d=1, h=1, o=1))
+            loaded.append(name)
+    return loaded
+
+
+def main(argv=None) -> None:
+    """`python -m bench.environment --save DIR`: record() of this checkout as DIR/<machine>-<commit>.json.
+
+    asv's results record the machine, the library versions and the commit, but not the BLAS
+    vendor and threads nor whether the checkout was dirty: `make asv-run` saves this beside them.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.environment", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--save", type=pathlib.Path, help="folder to write to (default: print to stdout)")
+    args = parser.parse_args(argv)
+    info = {"implementations": load_backends(), **record()}
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    if args.save is None:
+        print(text, end="")
+        return
+    args.save.mkdir(parents=True, exist_ok=True)
+    path = args.save / f"{info['machine']}-{(info['git']['commit'] or 'no-commit')[:8]}.json"
+    path.write_text(text)
+    print(f"environment written to {path}")
+
+
+if __name__ == "__main__":
+    main()

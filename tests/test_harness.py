@@ -193,6 +193,16 @@ def test_environment_record_has_what_results_need():
     assert set(record["git"]) == {"commit", "dirty"}
 
 
+def test_environment_saved_beside_asv_results_names_blas_and_dirty_flag(tmp_path, capsys):
+    environment.main(["--save", str(tmp_path)])
+    (saved,) = tmp_path.iterdir()
+    info = json.loads(saved.read_text())
+    assert saved.name == f"{info['machine']}-{info['git']['commit'][:8]}.json"
+    assert "numpy" in info["implementations"]
+    assert any(pool["internal_api"] == "openblas" for pool in info["threads"]["blas"])
+    assert isinstance(info["git"]["dirty"], bool)
+
+
 def test_gemm_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path))
     measured = []
