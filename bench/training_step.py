@@ -10,10 +10,22 @@ only checks that the weights are still finite.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import impls
 from impls import threads
 
 from . import grid, peak, prepare, timing, verdicts
+
+# Imported here, once: asv.conf.json launches every benchmark process by forking one that
+# has imported this suite, so the children start with these libraries loaded. Importing
+# starts no thread pool (a pool started before a fork is unusable after it): nothing here
+# runs a step, loads numba's kernels (which launches its OpenMP threads) or applies the
+# thread budget. peakmem_step therefore counts these imports for every implementation alike.
+PRELOADED = tuple(module for module in ("torch", "numba") if importlib.util.find_spec(module) is not None)
+for _module in PRELOADED:
+    importlib.import_module(_module)
 
 _prepared: dict[tuple, prepare.Prepared] = {}  # this process's one parameter set
 
