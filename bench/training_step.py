@@ -14,16 +14,17 @@ import importlib
 import importlib.util
 
 import impls
-from impls import threads
+from impls import registry, threads
 
 from . import grid, peak, prepare, timing, verdicts
 
-# Imported here, once: asv.conf.json launches every benchmark process by forking one that
-# has imported this suite, so the children start with these libraries loaded. Importing
-# starts no thread pool (a pool started before a fork is unusable after it): nothing here
-# runs a step, loads numba's kernels (which launches its OpenMP threads) or applies the
-# thread budget. peakmem_step therefore counts these imports for every implementation alike.
-PRELOADED = tuple(module for module in ("torch", "numba") if importlib.util.find_spec(module) is not None)
+# The backends' libraries (registry.required_packages(): torch, numba), imported here, once:
+# asv.conf.json launches every benchmark process by forking one that has imported this
+# suite, so the children start with these libraries loaded. Importing starts no thread
+# pool (a pool started before a fork is unusable after it): nothing here runs a step,
+# loads numba's kernels (which launches its OpenMP threads) or applies the thread budget.
+# peakmem_step therefore counts these imports for every implementation alike.
+PRELOADED = tuple(package for package in registry.required_packages() if importlib.util.find_spec(package) is not None)
 for _module in PRELOADED:
     importlib.import_module(_module)
 

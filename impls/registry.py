@@ -41,6 +41,11 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def required_packages() -> list[str]:
+    """The packages the registered backends need beyond NumPy, each once, in registry order."""
+    return list(dict.fromkeys(package for entry in _REGISTRY.values() for package in entry.requires))
+
+
 def _entry(name) -> Entry:
     try:
         return _REGISTRY[name]

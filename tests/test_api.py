@@ -84,6 +84,10 @@ def test_unknown_name_lists_known_ones():
         impls.create("numpyy", impls.Problem())
 
 
+def test_required_packages_are_every_backends_own_once_in_registry_order():
+    assert registry.required_packages() == ["numba", "torch"]
+
+
 def test_create_rejects_non_problem():
     with pytest.raises(ValueError, match="^problem must be"):
         impls.create("numpy", {"n": 1})
