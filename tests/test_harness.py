@@ -6,6 +6,7 @@ fixed samples, and the GEMM peak by a constant.
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 
 import impls
 from bench import agreement_worker, environment, grid, main, peak, prepare, report, timing, training_step, verdicts
-from impls import registry
+from impls import registry, threads
 
 TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would register itself
 GHOST = "ghost:cpu"  # registered, but unavailable here
@@ -193,13 +194,21 @@ def test_environment_record_has_what_results_need():
     assert set(record["git"]) == {"commit", "dirty"}
 
 
-def test_environment_saved_beside_asv_results_names_blas_and_dirty_flag(tmp_path, capsys):
-    environment.main(["--save", str(tmp_path)])
+def test_environment_saved_beside_asv_results_names_blas_and_dirty_flag(tmp_path):
+    # As make asv-run runs it: a fresh process, which must load every backend itself and
+    # so put each pool on the budget (1 thread here, not the CPUs' count every pool starts at).
+    command = [sys.executable, "-m", "bench.environment", "--save", str(tmp_path)]
+    env = {**os.environ, threads.ENV: "1"}
+    subprocess.run(command, cwd=environment.REPO, env=env, check=True, capture_output=True, timeout=600)
     (saved,) = tmp_path.iterdir()
     info = json.loads(saved.read_text())
     assert saved.name == f"{info['machine']}-{info['git']['commit'][:8]}.json"
-    assert "numpy" in info["implementations"]
+    assert info["implementations"] == [name for name, reason in impls.available().items() if reason is None]
+    for package in registry.required_packages():  # each loaded backend's threads are in the record
+        if any(name.startswith(package) for name in info["implementations"]):
+            assert info["threads"][package] == 1
     assert any(pool["internal_api"] == "openblas" for pool in info["threads"]["blas"])
+    assert {pool["num_threads"] for pool in info["threads"]["blas"]} == {1}
     assert isinstance(info["git"]["dirty"], bool)
 
 
