@@ -19,7 +19,9 @@ zeros to every sum, get zero gradient and keep zero weights under SGD and Adam.
 
 All buffers live in one array allocated at create and carved into views inside the
 compiled code: a step is one call with one array argument (Numba unboxes each array
-argument at every call) and allocates nothing.
+argument at every call) and allocates nothing. No loop makes views: each view is an
+incref and a decref, calls to Numba's runtime that its reference-count pruning does not
+remove across a loop, and at the seed size they cost more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ PACK_MIN_K = 512  # NT copies panels of b whose rows are at least this long (2 K
 NN_BLOCK = 256  # columns of c per NN panel: four rows of it stay in L1 across k
 M_BLOCK = 64  # rows of c per parallel task
 PARALLEL_MIN_MACS = 1 << 21  # smaller products run serially: a prange launch costs 3 us and up, 5% of this
+U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)  # unsigned offsets: see _tile
 ALIGN = 16  # arena offsets are multiples of 16 elements, so every buffer starts on a cache line
 
 # Sums only: reassociation lets LLVM split each dot product into vector lanes
@@ -92,22 +95,27 @@ def padded_shape(n, d, h, o):
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
-def _tile(a0, a1, a2, a3, b0, b1, b2, b3, c, i, j, first):
-    """c[i:i+4, j:j+4] (+)= dot products of rows a0..a3 with rows b0..b3; overwrites on the first k block.
+def _tile(a, ia, b, jb, ka, kb, kc, c, i, j, first):
+    """c[i:i+4, j:j+4] (+)= a[ia:ia+4, ka:ka+kc] @ b[jb:jb+4, kb:kb+kc].T; overwrites on the first k block.
 
     Sixteen accumulators in the dtype of c; the k loop reads eight contiguous rows and is
-    vectorised along k (each accumulator becomes a vector of partial sums). Rows come as
-    views indexed from 0, so Numba drops its negative-index wraparound, which would
-    otherwise turn the vector loads into gathers.
+    vectorised along k (each accumulator becomes a vector of partial sums). The operand
+    indices are unsigned (uint64), so Numba emits no negative-index wraparound, which
+    would turn the vector loads into gathers; and the rows are indexed in place, not
+    sliced: every view costs two calls to update its reference count, more than the
+    arithmetic of a tile at the seed size.
     """
     zero = c.dtype.type(0)
     c00 = c01 = c02 = c03 = zero
     c10 = c11 = c12 = c13 = zero
     c20 = c21 = c22 = c23 = zero
     c30 = c31 = c32 = c33 = zero
-    for k in range(a0.shape[0]):
-        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+    ia1, ia2, ia3 = ia + U1, ia + U2, ia + U3
+    jb1, jb2, jb3 = jb + U1, jb + U2, jb + U3
+    for k in range(kc):
+        k_a, k_b = ka + k, kb + k
+        x0, x1, x2, x3 = a[ia, k_a], a[ia1, k_a], a[ia2, k_a], a[ia3, k_a]
+        y0, y1, y2, y3 = b[jb, k_b], b[jb1, k_b], b[jb2, k_b], b[jb3, k_b]
         c00 += x0 * y0
         c01 += x0 * y1
         c02 += x0 * y2
@@ -124,39 +132,41 @@ def _tile(a0, a1, a2, a3, b0, b1, b2, b3, c, i, j, first):
         c31 += x3 * y1
         c32 += x3 * y2
         c33 += x3 * y3
-    r0, r1, r2, r3 = c[i], c[i + 1], c[i + 2], c[i + 3]
     if not first:
-        c00 += r0[j]
-        c01 += r0[j + 1]
-        c02 += r0[j + 2]
-        c03 += r0[j + 3]
-        c10 += r1[j]
-        c11 += r1[j + 1]
-        c12 += r1[j + 2]
-        c13 += r1[j + 3]
-        c20 += r2[j]
-        c21 += r2[j + 1]
-        c22 += r2[j + 2]
-        c23 += r2[j + 3]
-        c30 += r3[j]
-        c31 += r3[j + 1]
-        c32 += r3[j + 2]
-        c33 += r3[j + 3]
-    r0[j], r0[j + 1], r0[j + 2], r0[j + 3] = c00, c01, c02, c03
-    r1[j], r1[j + 1], r1[j + 2], r1[j + 3] = c10, c11, c12, c13
-    r2[j], r2[j + 1], r2[j + 2], r2[j + 3] = c20, c21, c22, c23
-    r3[j], r3[j + 1], r3[j + 2], r3[j + 3] = c30, c31, c32, c33
+        c00 += c[i, j]
+        c01 += c[i, j + 1]
+        c02 += c[i, j + 2]
+        c03 += c[i, j + 3]
+        c10 += c[i + 1, j]
+        c11 += c[i + 1, j + 1]
+        c12 += c[i + 1, j + 2]
+        c13 += c[i + 1, j + 3]
+        c20 += c[i + 2, j]
+        c21 += c[i + 2, j + 1]
+        c22 += c[i + 2, j + 2]
+        c23 += c[i + 2, j + 3]
+        c30 += c[i + 3, j]
+        c31 += c[i + 3, j + 1]
+        c32 += c[i + 3, j + 2]
+        c33 += c[i + 3, j + 3]
+    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
+    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
+    c[i + 2, j], c[i + 2, j + 1], c[i + 2, j + 2], c[i + 2, j + 3] = c20, c21, c22, c23
+    c[i + 3, j], c[i + 3, j + 1], c[i + 3, j + 2], c[i + 3, j + 3] = c30, c31, c32, c33
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
-def _tile2(a0, a1, b0, b1, b2, b3, c, i, j, first):
+def _tile2(a, ia, b, jb, ka, kb, kc, c, i, j, first):
     """_tile for two rows of a: the last strip where H is 2 more than a multiple of 4."""
     zero = c.dtype.type(0)
     c00 = c01 = c02 = c03 = zero
     c10 = c11 = c12 = c13 = zero
-    for k in range(a0.shape[0]):
-        x0, x1 = a0[k], a1[k]
-        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+    ia1 = ia + U1
+    jb1, jb2, jb3 = jb + U1, jb + U2, jb + U3
+    for k in range(kc):
+        k_a, k_b = ka + k, kb + k
+        x0, x1 = a[ia, k_a], a[ia1, k_a]
+        y0, y1, y2, y3 = b[jb, k_b], b[jb1, k_b], b[jb2, k_b], b[jb3, k_b]
         c00 += x0 * y0
         c01 += x0 * y1
         c02 += x0 * y2
@@ -165,18 +175,17 @@ def _tile2(a0, a1, b0, b1, b2, b3, c, i, j, first):
         c11 += x1 * y1
         c12 += x1 * y2
         c13 += x1 * y3
-    r0, r1 = c[i], c[i + 1]
     if not first:
-        c00 += r0[j]
-        c01 += r0[j + 1]
-        c02 += r0[j + 2]
-        c03 += r0[j + 3]
-        c10 += r1[j]
-        c11 += r1[j + 1]
-        c12 += r1[j + 2]
-        c13 += r1[j + 3]
-    r0[j], r0[j + 1], r0[j + 2], r0[j + 3] = c00, c01, c02, c03
-    r1[j], r1[j + 1], r1[j + 2], r1[j + 3] = c10, c11, c12, c13
+        c00 += c[i, j]
+        c01 += c[i, j + 1]
+        c02 += c[i, j + 2]
+        c03 += c[i, j + 3]
+        c10 += c[i + 1, j]
+        c11 += c[i + 1, j + 1]
+        c12 += c[i + 1, j + 2]
+        c13 += c[i + 1, j + 3]
+    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
+    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
 
 
 @_jit(inline="always")
@@ -200,23 +209,16 @@ def _panel(b, j0, j1, k0, k1, pack):
 def _strip(a, i, k0, panel, j_off, k_off, kc, c, j0, j1):
     """Rows i:i+4 of c (i:i+2 at the end of an M of 4k+2) over columns j0:j1 of one panel.
 
-    The strip of a, viewed once, stays in L1 while the panel's rows pass.
+    The strip of a stays in L1 while the panel's rows pass.
     """
-    a0, a1 = a[i, k0 : k0 + kc], a[i + 1, k0 : k0 + kc]
     first = k0 == 0
+    ia, ka, kb, kn = np.uint64(i), np.uint64(k0), np.uint64(k_off), np.uint64(kc)
     if i + TILE <= a.shape[0]:
-        a2, a3 = a[i + 2, k0 : k0 + kc], a[i + 3, k0 : k0 + kc]
         for j in range(j0, j1, TILE):
-            jb = j - j_off
-            b0, b1 = panel[jb, k_off : k_off + kc], panel[jb + 1, k_off : k_off + kc]
-            b2, b3 = panel[jb + 2, k_off : k_off + kc], panel[jb + 3, k_off : k_off + kc]
-            _tile(a0, a1, a2, a3, b0, b1, b2, b3, c, i, j, first)
+            _tile(a, ia, panel, np.uint64(j - j_off), ka, kb, kn, c, i, j, first)
     else:
         for j in range(j0, j1, TILE):
-            jb = j - j_off
-            b0, b1 = panel[jb, k_off : k_off + kc], panel[jb + 1, k_off : k_off + kc]
-            b2, b3 = panel[jb + 2, k_off : k_off + kc], panel[jb + 3, k_off : k_off + kc]
-            _tile2(a0, a1, b0, b1, b2, b3, c, i, j, first)
+            _tile2(a, ia, panel, np.uint64(j - j_off), ka, kb, kn, c, i, j, first)
 
 
 @_jit(fastmath=SUM_FLAGS)
@@ -277,29 +279,34 @@ def _matmul_nn_rows(a, b, c, i0, i1):
     """c[i0:i1] = a[i0:i1] @ b, four rows of c at a time, each updated along its contiguous length.
 
     a is only read one element at a time; the innermost loop, over a row of b and four
-    rows of c, is vectorised.
+    rows of c, is vectorised. Unsigned indices and no views, as in _tile.
     """
     k_dim = a.shape[1]
     n_dim = b.shape[1]
     for j0 in range(0, n_dim, NN_BLOCK):
-        j1 = min(j0 + NN_BLOCK, n_dim)
+        jc, jn = np.uint64(j0), np.uint64(min(j0 + NN_BLOCK, n_dim) - j0)
         for i in range(i0, i1, TILE):
-            c0, c1, c2, c3 = c[i, j0:j1], c[i + 1, j0:j1], c[i + 2, j0:j1], c[i + 3, j0:j1]
+            r0 = np.uint64(i)
+            r1, r2, r3 = r0 + U1, r0 + U2, r0 + U3
             for k in range(k_dim):
                 x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
-                b_k = b[k, j0:j1]
+                rk = np.uint64(k)
                 if k == 0:
-                    for j in range(j1 - j0):
-                        c0[j] = x0 * b_k[j]
-                        c1[j] = x1 * b_k[j]
-                        c2[j] = x2 * b_k[j]
-                        c3[j] = x3 * b_k[j]
+                    for jj in range(jn):
+                        j = jc + jj
+                        y = b[rk, j]
+                        c[r0, j] = x0 * y
+                        c[r1, j] = x1 * y
+                        c[r2, j] = x2 * y
+                        c[r3, j] = x3 * y
                 else:
-                    for j in range(j1 - j0):
-                        c0[j] += x0 * b_k[j]
-                        c1[j] += x1 * b_k[j]
-                        c2[j] += x2 * b_k[j]
-                        c3[j] += x3 * b_k[j]
+                    for jj in range(jn):
+                        j = jc + jj
+                        y = b[rk, j]
+                        c[r0, j] += x0 * y
+                        c[r1, j] += x1 * y
+                        c[r2, j] += x2 * y
+                        c[r3, j] += x3 * y
 
 
 @_jit(fastmath=SUM_FLAGS)
@@ -469,6 +476,21 @@ def arena_size(n, d, h, o, adam) -> int:
     return sum(_round_up(r * c, ALIGN) for r, c in arena_shapes(n, d, h, o, adam))
 
 
+CACHE_LINE = 64
+
+
+def cache_aligned_zeros(size: int, dtype) -> np.ndarray:
+    """np.zeros(size, dtype) starting on a cache line (NumPy guarantees only 16 bytes).
+
+    With the arena's offsets in whole cache lines, every buffer then starts on one, and
+    rows whose length is a whole number of vectors never split a vector load across two.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(size * itemsize + CACHE_LINE, dtype=np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start : start + size * itemsize].view(dtype)
+
+
 @_jit()
 def arena_views(buf, n, d, h, o, adam):
     """The 18 buffers of arena_shapes, as views of buf."""
@@ -552,7 +574,7 @@ class NumbaStep(Step):
         self._t = 0  # Adam's step count
         self._shape, self._lr = problem.shape, problem.lr  # read at every step
         padded = padded_shape(*problem.shape)
-        self._buf = np.zeros(arena_size(*padded, self._adam), dtype=problem.dtype)
+        self._buf = cache_aligned_zeros(arena_size(*padded, self._adam), problem.dtype)
         views = arena_views(self._buf, *padded, self._adam)
         x, x_t, y_t, self._w1_t, self._w2, w2_t = views[:6]
         self._gw1_t, self._gw2 = views[11:13]

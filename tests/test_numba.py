@@ -83,6 +83,15 @@ def test_a_step_allocates_nothing(name, ns):
     assert _nrt_allocations(lambda: step.run(calls)) == baseline
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_buffer_starts_on_a_cache_line(dtype, ns):
+    step = impls.create("numba", agreement.check_problem("seed", dtype, "adam"))
+    padded = ns.padded_shape(*step.problem.shape)
+    views = ns.arena_views(step._buf, *padded, True)
+    starts = {view.ctypes.data % ns.CACHE_LINE for view in views if view.size}
+    assert starts == {0}
+
+
 _COMPILED_WHEN = """
     import numba, impls
     from impls import numba_step as ns
