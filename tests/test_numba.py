@@ -71,8 +71,10 @@ def test_a_step_allocates_nothing(name, ns):
     import numba
 
     touch = numba.njit(lambda buf: buf[0])  # one array argument, as a step has
-    # tutorial packs panels of x (D = 1000 >= PACK_MIN_K); Adam has the most buffers.
-    step = impls.create(name, agreement.check_problem("tutorial", "float32", "adam"))
+    # h.T packs panels of x, in parallel too (N D H >= PARALLEL_MIN_MACS); Adam has the most buffers.
+    n, d, h = 16, ns.PACK_MIN_K, ns.PACK_MIN_M
+    assert ns.packs(h, d) and n * d * h >= ns.PARALLEL_MIN_MACS
+    step = impls.create(name, impls.Problem(n=n, d=d, h=h, o=4, dtype="float32", optimizer="adam"))
     step.run(1)
     touch(step._buf)
     # Numba wraps each array argument in a MemInfo at every call (freed on return); a
@@ -116,13 +118,13 @@ def test_compiled_in_create_not_in_a_step(name, ns):
 # Shapes where the parallel kernels run (a product of >= PARALLEL_MIN_MACS), with H = 4k + 2
 # (the 2-row tile): the x products by NT on packed panels; ga by NN.
 PARALLEL_SHAPES = {
-    "packed NT": (72, 1000, 50, 40),
+    "packed NT": (16, 1000, 258, 40),
     "NN": (1024, 64, 302, 10),
 }
 
 
 def _parallel_product_runs(ns, n, d, h, o) -> bool:
-    if d >= ns.PACK_MIN_K:
+    if ns.packs(h, d):
         return n * d * h >= ns.PARALLEL_MIN_MACS
     return o < ns.NT_MIN_K and n * h * ns.padded_shape(n, d, h, o)[3] >= ns.PARALLEL_MIN_MACS
 
