@@ -129,20 +129,29 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
     }
 
 
+OUTPUTS = ("results.json", "report.md", "scaling.png")
+
+
 def write(data: dict, out: pathlib.Path) -> None:
-    """results.json, report.md and scaling.png into `out`, replacing them only once all are written; other files stay."""
+    """results.json, report.md and scaling.png into `out`, replacing them only once all are written; other files stay.
+
+    Without a sweep there is nothing to plot: no scaling.png is written, and an earlier
+    run's is removed with the rest of its output rather than left beside data it does not show.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (tmp / "results.json").write_text(json.dumps(data, indent=1) + "\n")
-    report.plot_scaling(data, tmp / "scaling.png")
-    (tmp / "report.md").write_text(report.markdown(data, plot="scaling.png"))
+    plot = "scaling.png" if data["settings"]["sweep"] else None
+    if plot:
+        report.plot_scaling(data, tmp / plot)
+    (tmp / "report.md").write_text(report.markdown(data, plot=plot))
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         # Other jobs write here too (make dynamics): their files move into the new folder untouched.
         for other in out.iterdir():
-            if not (tmp / other.name).exists():
+            if other.name not in OUTPUTS:
                 other.rename(tmp / other.name)
         out.rename(old)
     tmp.rename(out)
@@ -168,5 +177,6 @@ def main(argv=None) -> int:
     data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget)
     print(report.console(data))
     write(data, args.out)
-    print(f"\nwrote {args.out}/ (results.json, report.md, scaling.png) in {data['wall_s']:.0f} s", file=sys.stderr)
+    written = ", ".join(name for name in OUTPUTS if (args.out / name).exists())
+    print(f"\nwrote {args.out}/ ({written}) in {data['wall_s']:.0f} s", file=sys.stderr)
     return 1 if any(r["status"] in ("disagrees", "diverged") for r in data["results"]) else 0

@@ -178,13 +178,25 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
     assert data["environment"]["threads"]["budget"] >= 1 and "commit" in data["environment"]["git"]
     assert {r["label"] for r in data["results"]} == {"seed", *grid.SWEEP_IDS}
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "plot_scaling", interrupted)
+    monkeypatch.setattr(report, "markdown", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
     assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
+    assert {p.name for p in out.iterdir()} == written
+
+
+def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timing, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "SWEEP_N", (64,))
+    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
+    out = tmp_path / "latest"
+    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0"])
+    assert (out / "scaling.png").exists() and "scaling.png" in (out / "report.md").read_text()
+    main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md"}
+    assert "scaling.png" not in (out / "report.md").read_text()
 
 
 def test_environment_record_has_what_results_need():
