@@ -46,9 +46,11 @@ asv-machine: $(STAMP)
 
 asv-run: $(STAMP) asv-machine
 	$(ASV) run --python=same --set-commit-hash HEAD
+	$(PY) -m bench.asv_results results/asv
 	$(PY) -m bench.environment --save results/asv-environment
 
 asv-publish: $(STAMP)
+	$(PY) -m bench.asv_results results/asv
 	$(ASV) publish
 
 # The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.

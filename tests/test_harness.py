@@ -14,7 +14,19 @@ import numpy as np
 import pytest
 
 import impls
-from bench import agreement_worker, environment, grid, main, peak, prepare, report, timing, training_step, verdicts
+from bench import (
+    agreement_worker,
+    asv_results,
+    environment,
+    grid,
+    main,
+    peak,
+    prepare,
+    report,
+    timing,
+    training_step,
+    verdicts,
+)
 from impls import registry, threads
 
 TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would register itself
@@ -246,3 +258,26 @@ def test_available_for_some_names_imports_only_their_backends():
     assert out.split("\n")[:2] == ["{'numpy': None} False", "True"]
     with pytest.raises(ValueError, match="^name must be one of"):
         impls.available(["nonesuch"])
+
+
+def test_asv_results_keep_no_interpreter_path(tmp_path):
+    machine = tmp_path / "vm"
+    machine.mkdir()
+    python = "/home/someone/checkout/.venv/bin/python3.12"
+    env_name = "existing-py" + python.replace("/", "_")
+    result = {"commit_hash": "0123456789abcdef", "env_name": env_name, "python": python}
+    result["params"] = {"machine": "vm", "python": python}
+    (machine / f"01234567-{env_name}.json").write_text(json.dumps(result))
+    built = {"commit_hash": "0123456789abcdef", "env_name": "virtualenv-py3.11-numpy2.4.6", "python": "3.11"}
+    built["params"] = {"python": "3.11"}
+    (machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").write_text(json.dumps(built))
+    (machine / "machine.json").write_text(json.dumps({"machine": "vm"}))
+
+    assert asv_results.main([str(tmp_path)]) == 0
+    names = sorted(p.name for p in machine.iterdir())
+    assert names == ["01234567-existing-py3.12.json", "01234567-virtualenv-py3.11-numpy2.4.6.json", "machine.json"]
+    for path in machine.iterdir():
+        assert "/home/" not in path.read_text()
+    renamed = json.loads((machine / "01234567-existing-py3.12.json").read_text())
+    assert renamed["python"] == renamed["params"]["python"] == "3.12" and renamed["env_name"] == "existing-py3.12"
+    assert json.loads((machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").read_text()) == built
