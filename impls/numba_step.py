@@ -46,6 +46,7 @@ PACK_MIN_K = 512  # NT copies panels of b whose rows are at least this long (2 K
 PACK_MIN_M = 256  # ... and only where a has this many rows: each copy serves M / 4 strips (see packs)
 NN_BLOCK = 256  # columns of c per NN panel: four rows of it stay in L1 across k
 M_BLOCK = 64  # rows of c per parallel task
+B_IN_L2_BYTES = 1 << 20  # a parallel NT reads b whole in every strip up to this size (L2: 2 MiB per core)
 PARALLEL_MIN_MACS = 1 << 21  # smaller products run serially: a prange launch costs 3 us and up, 5% of this
 U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)  # unsigned offsets: see _tile
 ALIGN = 16  # arena offsets are multiples of 16 elements, so every buffer starts on a cache line
@@ -255,8 +256,10 @@ def matmul_nt(a, b, c, pack):
 def matmul_nt_parallel(a, b, c, pack):
     """matmul_nt with the 4-row strips of c spread over threads (each writes its own rows of c).
 
-    Where b's panels are packed, all threads share each packed panel: one parallel loop per
-    panel. Otherwise b is read in place and one parallel loop covers the product.
+    Where b fits in L2 it is read in place and one parallel loop covers the product: each
+    strip reads all of b. Otherwise the threads go through b a panel at a time (copied if
+    packs()), one parallel loop per panel, so b is read from memory once, not once per
+    strip (the batch sweep at N = 16384, gw1.T: b = x.T is 64 MiB in float32).
     """
     m_dim, k_dim = a.shape
     n_dim = b.shape[0]
@@ -265,7 +268,7 @@ def matmul_nt_parallel(a, b, c, pack):
         return
     k_block = K_BLOCK_BYTES // a.itemsize
     strips = (m_dim + TILE - 1) // TILE
-    if not packs(m_dim, k_dim):
+    if not packs(m_dim, k_dim) and n_dim * k_dim * b.itemsize <= B_IN_L2_BYTES:
         for strip in prange(strips):
             for k0 in range(0, k_dim, k_block):
                 k1 = min(k0 + k_block, k_dim)

@@ -116,15 +116,17 @@ def test_compiled_in_create_not_in_a_step(name, ns):
 
 
 # Shapes where the parallel kernels run (a product of >= PARALLEL_MIN_MACS), with H = 4k + 2
-# (the 2-row tile): the x products by NT on packed panels; ga by NN.
+# (the 2-row tile): the x products by NT on packed panels, and on panels read in place
+# (x over 1 MiB even in float32, H too small to pack); ga by NN.
 PARALLEL_SHAPES = {
     "packed NT": (16, 1000, 258, 40),
+    "NT by panels": (8192, 40, 10, 10),
     "NN": (1024, 64, 302, 10),
 }
 
 
 def _parallel_product_runs(ns, n, d, h, o) -> bool:
-    if ns.packs(h, d):
+    if ns.packs(h, d) or n * d * 4 > ns.B_IN_L2_BYTES:
         return n * d * h >= ns.PARALLEL_MIN_MACS
     return o < ns.NT_MIN_K and n * h * ns.padded_shape(n, d, h, o)[3] >= ns.PARALLEL_MIN_MACS
 
