@@ -424,12 +424,15 @@ def _sgd(w, g, lr):
             w[i, j] -= lr_t * g[i, j]
 
 
-@_jit()
+@_jit(error_model="numpy")
 def _adam(w, g, m, v, lr, t):
     """torch.optim.Adam at step t (from 1), in the dtype of w.
 
     Constants are formed in float64 and rounded once to the dtype, as torch does: in
     float32, 1 - float32(0.999) would be off by 1.3e-5 relative, far beyond rounding.
+    Division follows NumPy (x / 0 is inf or nan), not Python: Numba's default error
+    model tests every divisor for zero to raise ZeroDivisionError, and that branch kept
+    the loop from being vectorised (scalar vdivss/vsqrtss only, checked in the assembly).
     """
     dtype = w.dtype.type
     beta1, beta2, eps = dtype(ADAM_BETA1), dtype(ADAM_BETA2), dtype(ADAM_EPS)
