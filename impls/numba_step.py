@@ -97,6 +97,17 @@ def padded_shape(n, d, h, o):
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
+def _store_row(c, i, j, s0, s1, s2, s3, first):
+    """c[i, j:j+4] = a tile row's four sums, added to what c holds unless on the first k block."""
+    if not first:
+        s0 += c[i, j]
+        s1 += c[i, j + 1]
+        s2 += c[i, j + 2]
+        s3 += c[i, j + 3]
+    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = s0, s1, s2, s3
+
+
+@_jit(fastmath=SUM_FLAGS, inline="always")
 def _tile(a, ia, b, jb, ka, kb, kc, c, i, j, first):
     """c[i:i+4, j:j+4] (+)= a[ia:ia+4, ka:ka+kc] @ b[jb:jb+4, kb:kb+kc].T; overwrites on the first k block.
 
@@ -134,27 +145,10 @@ def _tile(a, ia, b, jb, ka, kb, kc, c, i, j, first):
         c31 += x3 * y1
         c32 += x3 * y2
         c33 += x3 * y3
-    if not first:
-        c00 += c[i, j]
-        c01 += c[i, j + 1]
-        c02 += c[i, j + 2]
-        c03 += c[i, j + 3]
-        c10 += c[i + 1, j]
-        c11 += c[i + 1, j + 1]
-        c12 += c[i + 1, j + 2]
-        c13 += c[i + 1, j + 3]
-        c20 += c[i + 2, j]
-        c21 += c[i + 2, j + 1]
-        c22 += c[i + 2, j + 2]
-        c23 += c[i + 2, j + 3]
-        c30 += c[i + 3, j]
-        c31 += c[i + 3, j + 1]
-        c32 += c[i + 3, j + 2]
-        c33 += c[i + 3, j + 3]
-    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
-    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
-    c[i + 2, j], c[i + 2, j + 1], c[i + 2, j + 2], c[i + 2, j + 3] = c20, c21, c22, c23
-    c[i + 3, j], c[i + 3, j + 1], c[i + 3, j + 2], c[i + 3, j + 3] = c30, c31, c32, c33
+    _store_row(c, i, j, c00, c01, c02, c03, first)
+    _store_row(c, i + 1, j, c10, c11, c12, c13, first)
+    _store_row(c, i + 2, j, c20, c21, c22, c23, first)
+    _store_row(c, i + 3, j, c30, c31, c32, c33, first)
 
 
 @_jit(fastmath=SUM_FLAGS, inline="always")
@@ -177,17 +171,8 @@ def _tile2(a, ia, b, jb, ka, kb, kc, c, i, j, first):
         c11 += x1 * y1
         c12 += x1 * y2
         c13 += x1 * y3
-    if not first:
-        c00 += c[i, j]
-        c01 += c[i, j + 1]
-        c02 += c[i, j + 2]
-        c03 += c[i, j + 3]
-        c10 += c[i + 1, j]
-        c11 += c[i + 1, j + 1]
-        c12 += c[i + 1, j + 2]
-        c13 += c[i + 1, j + 3]
-    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
-    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
+    _store_row(c, i, j, c00, c01, c02, c03, first)
+    _store_row(c, i + 1, j, c10, c11, c12, c13, first)
 
 
 @_jit()
