@@ -10,7 +10,18 @@ BENCH_SELECT ?= seed or tutorial or medium
 COMPARE_FAIL ?= median:25%
 PYTEST_BENCH := $(PY) -m pytest bench -q -k "$(BENCH_SELECT)" --benchmark-min-rounds=5 --benchmark-max-time=0.5
 
-.PHONY: test bench venv clean bench-smoke bench-save bench-compare asv-machine asv-run asv-publish dynamics tox drift lint
+# Where this machine's results are filed: hostname, CPU, cores, GPU (bench/machine.py). Asked only
+# when a recipe needs it, after the venv exists.
+MACHINE = $(shell $(PY) -m bench.machine)
+# asv's own scratch: the smoke run writes its machine.json and results here, never under results/.
+ASV_SCRATCH := .asv/smoke.conf.json
+
+# The regression gate: BASE (and HEAD, default the working tree) are git revisions.
+BASE ?= main
+HEAD ?=
+COMPARE_ARGS ?=
+
+.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare asv-machine asv-run asv-publish dynamics tox drift lint
 
 venv: $(STAMP)
 
@@ -27,11 +38,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# Both harnesses on the smallest problems, each timed body run once, so they cannot rot.
+# Both harnesses on the smallest problems, each timed body run once, so they cannot rot. asv runs
+# with a copy of asv.conf.json whose results go to .asv/ (ignored): a test run leaves the checkout clean.
 bench-smoke: $(STAMP) asv-machine
 	$(PY) -m pytest bench -q --benchmark-disable -k "seed or n00064"
-	$(ASV) check --python=same
-	$(ASV) run --python=same --quick --dry-run --show-stderr -b "'seed'" -b "'n00064'"
+	$(PY) -m bench.asv_scratch asv.conf.json $(ASV_SCRATCH)
+	$(ASV) check --python=same --config $(ASV_SCRATCH)
+	$(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
+
+# HEAD against BASE, both measured now, paired and interleaved: exit 1 when a cell is confidently slower.
+compare: $(STAMP)
+	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
 
 # pytest-benchmark: save a baseline under results/pytest-benchmark, then gate on it.
 bench-save: $(STAMP)
@@ -42,10 +59,10 @@ bench-compare: $(STAMP)
 
 # asv in the current environment: machine info without questions, the full grid, the dashboard.
 asv-machine: $(STAMP)
-	$(ASV) machine --yes > /dev/null
+	$(ASV) machine --yes --machine $(MACHINE) > /dev/null
 
 asv-run: $(STAMP) asv-machine
-	$(ASV) run --python=same --set-commit-hash HEAD
+	$(ASV) run --python=same --set-commit-hash HEAD --machine $(MACHINE)
 	$(PY) -m bench.asv_results results/asv
 	$(PY) -m bench.environment --save results/asv-environment
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import pathlib
@@ -10,20 +11,19 @@ import subprocess
 
 from impls import threads
 
+from . import machine as machine_identity
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "threadpoolctl")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_model = machine_identity.cpu_model
+
+
+@functools.cache  # nvidia-smi is asked once per process
+def machine_name() -> str:
+    """The name results are filed under on this machine: hostname, CPU, cores, GPU (bench.machine)."""
+    return machine_identity.name()
 
 
 def versions() -> dict[str, str | None]:
@@ -55,6 +55,7 @@ def machine() -> dict:
     """The machine and the software on it; stable between runs, so comparisons can check it."""
     return {
         "machine": platform.node(),
+        "machine_name": machine_name(),
         "system": f"{platform.system()} {platform.release()}",
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -81,7 +82,7 @@ def load_backends() -> list[str]:
 
 
 def main(argv=None) -> None:
-    """`python -m bench.environment --save DIR`: record() of this checkout as DIR/<machine>-<commit>.json.
+    """`python -m bench.environment --save DIR`: record() of this checkout as DIR/<machine name>-<commit>.json.
 
     asv's results record the machine, the library versions and the commit, but not the BLAS
     vendor and threads nor whether the checkout was dirty: `make asv-run` saves this beside them.
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
         print(text, end="")
         return
     args.save.mkdir(parents=True, exist_ok=True)
-    path = args.save / f"{info['machine']}-{(info['git']['commit'] or 'no-commit')[:8]}.json"
+    path = args.save / f"{info['machine_name']}-{(info['git']['commit'] or 'no-commit')[:8]}.json"
     path.write_text(text)
     print(f"environment written to {path}")
 

@@ -226,7 +226,7 @@ def test_environment_saved_beside_asv_results_names_blas_and_dirty_flag(tmp_path
     subprocess.run(command, cwd=environment.REPO, env=env, check=True, capture_output=True, timeout=600)
     (saved,) = tmp_path.iterdir()
     info = json.loads(saved.read_text())
-    assert saved.name == f"{info['machine']}-{info['git']['commit'][:8]}.json"
+    assert saved.name == f"{info['machine_name']}-{info['git']['commit'][:8]}.json"  # hostname, CPU, cores, GPU
     assert info["implementations"] == [name for name, reason in impls.available().items() if reason is None]
     for package in registry.required_packages():  # each loaded backend's threads are in the record
         if any(name.startswith(package) for name in info["implementations"]):

@@ -1,0 +1,33 @@
+"""`python -m bench.asv_scratch SRC DST`: asv's configuration with results and html under .asv/ (ignored by git).
+
+The smoke run of `make test` uses it: `asv run --dry-run` still writes the machine's
+machine.json into its results folder, and a test run must leave the checkout as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from asv import util
+
+SCRATCH = ".asv/smoke"
+
+
+def scratch_config(source: pathlib.Path) -> dict:
+    config = util.load_json(str(source), js_comments=True)
+    config["results_dir"] = f"{SCRATCH}/results"
+    config["html_dir"] = f"{SCRATCH}/html"
+    return config
+
+
+def main(argv=None) -> int:
+    source, target = map(pathlib.Path, sys.argv[1:] if argv is None else argv)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(scratch_config(source), indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

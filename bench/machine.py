@@ -1,0 +1,68 @@
+"""The name a machine's results are filed under: it changes when the hardware does, never only the host.
+
+    python -m bench.machine        # prints it, for make asv-machine and results/<kind>/<name>/
+
+hostname-cpu-Ncpu[-gpu], for example `vm-intel-xeon-2cpu` or `node3-amd-epyc-7b13-16cpu-nvidia-h200`.
+asv names a machine after its hostname alone, and every VM of a pool may share one: two CPUs
+would then share a history, and each run would relabel the older results with its own CPU.
+Standard library only, so that the Makefile can ask before anything else is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+# Words that say nothing about which CPU it is.
+_NOISE = re.compile(r"\((r|tm)\)|\b(cpu|processor|\d+-core)\b|@", re.IGNORECASE)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpus() -> list[str]:
+    """NVIDIA GPU model names from nvidia-smi (no CUDA library is loaded); empty where there is none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def name(host: str | None = None, cpu: str | None = None, cores: int | None = None, gpu_names=None) -> str:
+    host = platform.node() if host is None else host
+    cpu = cpu_model() if cpu is None else cpu
+    cores = os.cpu_count() if cores is None else cores
+    gpu_names = gpus() if gpu_names is None else gpu_names
+    parts = [slug(host), slug(_NOISE.sub(" ", cpu)), f"{cores}cpu"]
+    if gpu_names:
+        count = f"{len(gpu_names)}x" if len(gpu_names) > 1 else ""
+        parts.append(count + slug(gpu_names[0]))
+    return "-".join(parts)
+
+
+if __name__ == "__main__":
+    print(name())
+    sys.exit(0)

@@ -1,0 +1,76 @@
+"""The statistics of a paired comparison: HEAD/BASE per cell, its confidence interval, and the verdict.
+
+Each sample is a pair of blocks, one per side, taken back to back (or at once, in a duet),
+so a drift of the machine's speed hits both halves alike and cancels in the ratio. Pairs
+come from several processes per side ("rounds"); a process's memory layout can bias all of
+its pairs by a few per cent, so the interval must reflect the spread between rounds, not
+only between pairs. It is a two-level bootstrap: resample the rounds, then the pairs within
+each, and take the median log ratio (Davison & Hinkley, "Bootstrap Methods and their
+Application", 1997, section 3.8, for the hierarchical resampling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+CONFIDENCE = 0.95
+RESAMPLES = 4000
+
+# Verdicts, in the order a report lists them: what needs attention first.
+ORDER = ("disagrees", "failed", "slower", "unsure", "faster", "same", "skipped")
+FAILING = ("disagrees", "failed", "slower")  # HEAD computes wrongly, cannot run, or is slower: exit status 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    ratio: float  # HEAD/BASE, the median over all pairs
+    low: float  # the confidence interval of that ratio
+    high: float
+    pairs: int
+    rounds: int
+
+
+def estimate(rounds: list[list[tuple[float, float]]], seed: int = 0) -> Estimate:
+    """HEAD/BASE from pairs (base_s, head_s) grouped by round, with a two-level bootstrap interval."""
+    logs = [np.log([h / b for b, h in pairs]) for pairs in rounds if pairs]
+    if not logs:
+        raise ValueError("no pairs to estimate from")
+    point = float(np.exp(np.median(np.concatenate(logs))))
+    rng = np.random.default_rng(seed)
+    width = max(len(x) for x in logs)
+    # Rounds may differ in length; pad with NaN and resample only real entries.
+    table = np.full((len(logs), width), np.nan)
+    lengths = np.array([len(x) for x in logs])
+    for i, x in enumerate(logs):
+        table[i, : len(x)] = x
+    chosen = rng.integers(0, len(logs), size=(RESAMPLES, len(logs)))  # rounds, with replacement
+    within = (rng.random((RESAMPLES, len(logs), width)) * lengths[chosen][:, :, None]).astype(int)
+    drawn = table[chosen[:, :, None], within]  # (RESAMPLES, rounds, width): pairs of each drawn round
+    keep = np.arange(width)[None, None, :] < lengths[chosen][:, :, None]
+    drawn = np.where(keep, drawn, np.nan).reshape(RESAMPLES, -1)
+    medians = np.nanmedian(drawn, axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.exp(np.percentile(medians, [tail, 100 - tail]))
+    return Estimate(point, float(low), float(high), int(lengths.sum()), len(logs))
+
+
+def verdict(est: Estimate, threshold: float) -> tuple[str, str]:
+    """("slower" | "faster" | "same" | "unsure", why) for a ratio interval and a relative threshold.
+
+    Symmetric in log space: "faster" mirrors "slower" (1/(1+t), not 1-t), so swapping BASE
+    and HEAD swaps the two verdicts and nothing else.
+    """
+    up, down = 1 + threshold, 1 / (1 + threshold)
+    if est.low > up:
+        return "slower", f"whole interval above +{threshold:.0%}"
+    if est.high < down:
+        return "faster", f"whole interval below -{threshold:.0%}"
+    if est.low >= down and est.high <= up:
+        return "same", f"whole interval within ±{threshold:.0%}"
+    spread = math.log(est.high / est.low)
+    if spread > 2 * math.log(up):
+        return "unsure", f"interval wider than ±{threshold:.0%}: noise, rerun on a quieter machine or with more rounds"
+    return "unsure", f"interval crosses ±{threshold:.0%}: a change near the threshold"
