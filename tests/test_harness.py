@@ -281,3 +281,37 @@ def test_asv_results_keep_no_interpreter_path(tmp_path):
     renamed = json.loads((machine / "01234567-existing-py3.12.json").read_text())
     assert renamed["python"] == renamed["params"]["python"] == "3.12" and renamed["env_name"] == "existing-py3.12"
     assert json.loads((machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").read_text()) == built
+
+
+def _asv_result(commit: str, env_name: str, python: str, results: dict) -> dict:
+    """A result file as asv writes it, cut down to what bench.asv_results reads and merges."""
+    return {
+        "commit_hash": commit,
+        "env_name": env_name,
+        "python": python,
+        "params": {"machine": "vm", "python": python},
+        "result_columns": ["result", "params"],
+        "results": results,
+        "durations": {name: 1.0 for name in results},
+    }
+
+
+def test_asv_results_merge_a_second_run_of_one_commit(tmp_path):
+    # make asv-run twice on one commit: asv writes a path-named file again beside the renamed first one.
+    machine = tmp_path / "vm"
+    machine.mkdir()
+    python = "/home/someone/checkout/.venv/bin/python3.11"
+    env_name = "existing-py" + python.replace("/", "_")
+    path_named = machine / f"01234567-{env_name}.json"
+    first = {"a.time_x": [[1.0], []], "a.time_y": [[2.0], []]}
+    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, first)))
+    assert asv_results.main([str(tmp_path)]) == 0
+    second = {"a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}  # a rerun of y, and a benchmark new to this run
+    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, second)))
+
+    assert asv_results.main([str(tmp_path)]) == 0
+    assert [p.name for p in machine.iterdir()] == ["01234567-existing-py3.11.json"]
+    merged = json.loads((machine / "01234567-existing-py3.11.json").read_text())
+    assert merged["results"] == {"a.time_x": [[1.0], []], "a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}
+    assert set(merged["durations"]) == {"a.time_x", "a.time_y", "a.time_z"}
+    assert merged["python"] == "3.11" and "/home/" not in json.dumps(merged)
