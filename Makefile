@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ASV := $(VENV)/bin/asv
-STAMP := $(VENV)/.installed-requirements
+# Written once the pins and the package are installed; its name changes with what it stands for, so older venvs are redone.
+STAMP := $(VENV)/.installed-requirements-and-package
 
 # Regression gate (pytest-benchmark): which configurations, and how much slower a median may get.
 BENCH_SELECT ?= seed or tutorial or medium
@@ -25,10 +26,13 @@ COMPARE_ARGS ?=
 
 venv: $(STAMP)
 
-# The stamp is written last, so an interrupted install is redone on the next run.
-$(STAMP): requirements.txt
+# The stamp is written last, so an interrupted install is redone on the next run. The package is
+# installed editable, without dependencies (the pins are the dependencies), so `import impls`
+# works from any directory and always imports this checkout's code.
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --editable .
 	cp requirements.txt $@
 
 test: $(STAMP)

@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 # asv imports this suite from the checkout. Every environment asv builds has the package
-# installed; `asv run --python=same` installs nothing, and where the current environment
-# lacks the package (the Makefile's venv runs from the checkout) the checkout's is used.
+# installed, and so has the Makefile's venv (editable); `asv run --python=same` installs
+# nothing, and where the current environment lacks the package the checkout's is used.
 if importlib.util.find_spec("impls") is None:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))

@@ -5,12 +5,17 @@ absolute path, in the result file's name and inside it (asv's ExistingEnvironmen
 committed result would carry a local path such as the checkout's location. `python -m
 bench.asv_results DIR` renames every such result after the Python version instead, as
 asv's own virtualenv results are named: `existing-py3.11`, python `3.11`.
+
+A second run of one commit finds the first one's file under the new name, which asv no
+longer recognises as its own: the two are merged, the newer run's benchmarks replacing the
+older's and the rest kept, as asv itself does when it runs a commit again in one environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import sys
@@ -34,12 +39,30 @@ def anonymize(path: pathlib.Path) -> pathlib.Path:
     data["python"] = data["params"]["python"] = version
     data["env_name"] = f"{PREFIX}{version}"
     target = path.with_name(f"{data['commit_hash'][:8]}-{data['env_name']}.json")
-    if target != path and target.exists():
-        raise FileExistsError(f"{target} exists already: two runs of one commit with Python {version}")
-    target.write_text(json.dumps(data, separators=(", ", ": ")))
-    if target != path:
+    if target.exists():
+        data = merge(json.loads(target.read_text()), data)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, separators=(", ", ": ")))
+    os.replace(tmp, target)  # an interrupted rewrite leaves the earlier run's file whole
+    if path != target:
         path.unlink()
     return target
+
+
+def merge(earlier: dict, later: dict) -> dict:
+    """One result file from two runs of one commit and environment: the later run's benchmarks win.
+
+    Per-benchmark entries ("results", "durations") are kept from the earlier run where the
+    later one did not run them (`asv run -b ...`); everything else describes the later run.
+    Results recorded in a different column layout (another asv version) cannot be mixed:
+    the later run replaces the earlier one.
+    """
+    if earlier.get("result_columns") != later.get("result_columns"):
+        return later
+    merged = dict(later)
+    for key in ("results", "durations"):
+        merged[key] = {**earlier.get(key, {}), **later.get(key, {})}
+    return merged
 
 
 def anonymize_all(results_dir: pathlib.Path) -> list[pathlib.Path]:

@@ -21,7 +21,6 @@ otherwise, 2 on bad arguments. Nothing is written under results/ unless --save i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -39,14 +38,14 @@ import time
 import impls
 from impls import threads
 
-from . import environment, grid, paired, peak
+from . import cli, environment, grid, paired, peak
 
 WORKER = pathlib.Path(__file__).resolve().parent / "compare_worker.py"
 DEFAULT_SELECT = "(seed or tutorial or medium) and not n0"  # the preset cells; sweep ids start n0
 EXPORTED = ("impls", "pyproject.toml")  # what a side's checkout needs: the package under comparison
 
 
-class Refused(Exception):
+class Refused(cli.Fatal):
     """Bad arguments or an environment that cannot run the suite: one line, exit status 2."""
 
 
@@ -459,8 +458,8 @@ def record(rows, base: Side, head: Side, settings: Settings, wall_s: float, argv
     }
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench compare", description=__doc__.split("\n\n")[0])
+def parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m bench compare", description=__doc__.split("\n\n")[0])
     p.add_argument("base", metavar="BASE", help="git revision to compare against")
     p.add_argument("head", metavar="HEAD", nargs="?", default=None, help="git revision (default: the working tree)")
     p.add_argument("-k", dest="select", default=None, metavar="SELECT", help="pytest -k expression over cell ids")
@@ -490,11 +489,11 @@ def main(argv=None) -> int:
     try:
         return _main(args, argv)
     except Refused as why:
-        print(f"compare: error: {why}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ncompare: interrupted; nothing written", file=sys.stderr)
-        return 130
+        print(f"python -m bench compare: error: {why}", file=sys.stderr)
+        return cli.USAGE_ERROR
+    except KeyboardInterrupt:  # the workers got the same SIGINT and are gone; nothing was written
+        print("\npython -m bench compare: interrupted; nothing written", file=sys.stderr)
+        return cli.INTERRUPTED
 
 
 def _main(args, argv) -> int:

@@ -8,7 +8,6 @@ explodes or stalls while its torch/Adam cell converges — with the numbers of t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import os
@@ -21,6 +20,8 @@ import numpy as np
 
 import impls
 from impls import agreement, dynamics, threads
+
+from . import cli
 
 OUT = pathlib.Path("results/latest")
 BOUND_STEPS = (1, 10, dynamics.STEPS - 1)  # where the report gives the oracle's bound / loss
@@ -559,10 +560,12 @@ def replace_atomically(path: pathlib.Path, write) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.Parser(prog="python -m bench.dynamics_report", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=OUT, help="directory for dynamics.md and dynamics.png")
     parser.add_argument("--presets", nargs="+", default=list(dynamics.STUDY_PRESETS), choices=list(impls.SIZES))
     args = parser.parse_args(argv)
+    cli.check_thread_budget()
+    cli.check_out_dir(args.out)
 
     reasons = impls.available()
     names = [n for n, reason in reasons.items() if reason is None]
@@ -587,4 +590,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run("python -m bench.dynamics_report", main))

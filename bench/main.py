@@ -6,11 +6,13 @@
 Progress goes to stderr, the tables to stdout. results/latest/ (or --out) gets results.json
 (every measurement and the environment), report.md and scaling.png; it is written under a
 temporary name and swapped in at the end, so an interrupted run leaves the previous one.
+Settings are checked before anything is timed (bench.cli). Signs that the machine was busy
+(the load average, a cached GEMM peak a quick product disagrees with, the first timed cell
+timed again at the end and differing) are warnings: on stderr, in results.json and report.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -20,11 +22,13 @@ import sys
 import time
 
 import impls
+from impls import threads
 
-from . import environment, grid, peak, prepare, report, timing
+from . import cli, environment, grid, load, peak, prepare, report, timing
 
 DEFAULT_OUT = environment.REPO / "results" / "latest"
 DEFAULT_PRESETS = ("seed", "tutorial", "medium")
+REPEAT_SPREAD = 1.25  # the first timed cell, timed again at the end: a ratio beyond this says the machine changed
 
 
 @dataclasses.dataclass
@@ -90,12 +94,53 @@ def cases(names, presets, dtypes, optimizers, sweep):
             yield name, grid.sweep_problem(n_id, dtype), n_id, "sweep", None
 
 
+def warn(warnings: list[str], text: str | None) -> None:
+    """Print a warning as it arises and keep it for results.json and report.md."""
+    if text:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+        warnings.append(text)
+
+
+def gemm_peaks(devices, dtypes, warnings: list[str]) -> dict:
+    """{device: {dtype: GFLOP/s}}: measured where not cached yet, else the cached value, checked by a quick product."""
+    peaks = {}
+    for d in devices:
+        peaks[d] = {}
+        for dtype in dtypes:
+            cached = peak.cached_gflops(dtype, d)
+            if cached is None:
+                print(f"measuring the GEMM peak ({dtype} on {d}); cached in {peak.cache_dir()}", file=sys.stderr)
+            peaks[d][dtype] = peak.gemm_peak_gflops(dtype, d)
+            if cached is not None:
+                warn(warnings, peak.recheck(dtype, d, peaks[d][dtype]))
+        print(f"GEMM peak ({d}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks[d].items()), file=sys.stderr)
+    return peaks
+
+
+def repeat_first(case, first: Result, budget_s: float, warnings: list[str]) -> dict | None:
+    """Time the run's first timed cell again: one cell at the start and the end of a run should agree."""
+    again = measure(*case, budget_s)
+    if again.status != "ok":
+        return None
+    name, problem, label = case[:3]
+    ratio = again.median_s / first.median_s
+    if max(ratio, 1 / ratio) > REPEAT_SPREAD:
+        warn(
+            warnings,
+            f"the machine's speed changed during the run: {name} {label} {problem.dtype} {problem.optimizer} took "
+            f"{first.median_s * 1e6:,.1f} us/step at the start and {again.median_s * 1e6:,.1f} us/step at the end; "
+            "rerun on a quieter machine before trusting the timings",
+        )
+    return {"implementation": name, "label": label, "median_s": [first.median_s, again.median_s]}
+
+
 def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
     todo = list(cases(names, presets, dtypes, optimizers, sweep))
+    warnings: list[str] = []
+    budget = threads.budget()
+    warn(warnings, _when("before the run", load.busy_warning(budget)))
     devices = sorted({grid.device(n) for n in names if prepare.skip_reason(n) is None})
-    peaks = {d: {dtype: peak.gemm_peak_gflops(dtype, d) for dtype in dtypes} for d in devices}
-    for d, by_dtype in peaks.items():
-        print(f"GEMM peak ({d}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in by_dtype.items()), file=sys.stderr)
+    peaks = gemm_peaks(devices, dtypes, warnings)
     results = []
     start = time.perf_counter()
     width = max(map(len, names))
@@ -112,9 +157,14 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
             file=sys.stderr,
             flush=True,
         )
+    first = next((i for i, r in enumerate(results) if r.status == "ok"), None)
+    repeat = None if first is None else repeat_first(todo[first], results[first], budget_s, warnings)
+    warn(warnings, _when("after the run", load.busy_warning(budget, own_threads=budget)))
     return {
         "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
         "gemm_peak_gflops": peaks,
+        "warnings": warnings,
+        "repeat": repeat,
         "settings": {
             "presets": list(presets),
             "dtypes": list(dtypes),
@@ -127,6 +177,10 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
         "wall_s": time.perf_counter() - start,
         "results": [dataclasses.asdict(r) for r in results],
     }
+
+
+def _when(moment: str, text: str | None) -> str | None:
+    return text and f"{moment}, {text}"
 
 
 OUTPUTS = ("results.json", "report.md", "scaling.png")
@@ -142,11 +196,15 @@ def write(data: dict, out: pathlib.Path) -> None:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "results.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot = "scaling.png" if data["settings"]["sweep"] else None
-    if plot:
-        report.plot_scaling(data, tmp / plot)
-    (tmp / "report.md").write_text(report.markdown(data, plot=plot))
+    try:
+        (tmp / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+        plot = "scaling.png" if data["settings"]["sweep"] else None
+        if plot:
+            report.plot_scaling(data, tmp / plot)
+        (tmp / "report.md").write_text(report.markdown(data, plot=plot))
+    except BaseException:  # Ctrl-C included: no half-written folder is left beside the results
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         # Other jobs write here too (make dynamics): their files move into the new folder untouched.
@@ -158,8 +216,21 @@ def write(data: dict, out: pathlib.Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_settings(names, args) -> None:
+    """cli.Fatal for what would otherwise fail late or mean nothing: checked before anything is timed."""
+    cli.check_thread_budget()
+    cli.check_out_dir(args.out)
+    problem = peak.cache_problem()
+    if problem:
+        raise cli.Fatal(problem)
+    todo = cases(names, args.presets, args.dtypes, args.optimizers, args.sweep)
+    reasons = {(name, preset): prepare.skip_reason(name, preset) for name, _, _, _, preset in todo}
+    if all(reasons.values()):
+        raise cli.Fatal("nothing selected can run here: " + "; ".join(sorted(set(reasons.values()))))
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--implementations", nargs="+", default=None, metavar="NAME", help="default: all registered")
     parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=grid.PRESETS)
     parser.add_argument("--dtypes", nargs="+", default=grid.DTYPES, choices=grid.DTYPES)
@@ -167,13 +238,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)"
     )
-    parser.add_argument("--budget", type=float, default=0.5, metavar="S", help="seconds of timing per configuration")
+    parser.add_argument(
+        "--budget", type=cli.non_negative_seconds, default=0.5, metavar="S", help="seconds of timing per configuration"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     names = impls.names() if args.implementations is None else args.implementations
     for name in names:
         if name not in impls.names():
             parser.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
+    check_settings(names, args)
     data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget)
     print(report.console(data))
     write(data, args.out)

@@ -5,7 +5,8 @@ suite's thread budget (NumPy's BLAS on the CPU, torch on CUDA): the best, becaus
 machine most products are slowed by other processes. It is cached per machine, dtype,
 device, thread budget and library versions in STEPBENCH_CACHE (default ~/.cache/stepbench);
 delete the file there to measure again (a fraction of peak above 1 says it was measured
-under load).
+under load). `make bench` checks a cached peak against one quick product before it uses it
+(`recheck`), and fails before any timing when the cache cannot be written (`cache_problem`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
 import time
 
 import numpy as np
@@ -24,11 +26,30 @@ from . import environment
 
 GEMM_SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}  # near peak, and a few seconds for all repeats
 GEMM_REPEATS = 25  # the best of many: on a shared machine most products are slowed
+QUICK_SIZES = {"cpu": 1024, "cuda": 4096}  # recheck: the smaller size, a few hundredths of a second
+QUICK_REPEATS = 3  # the first product also wakes the thread pool
+# A quick product this much faster than the cached peak means the peak was measured under
+# load; this much slower, that the machine is busy now. Between the two, a single product's
+# own noise and its smaller size.
+RECHECK_ABOVE, RECHECK_BELOW = 1.2, 0.5
+CACHE_ENV = "STEPBENCH_CACHE"
 
 
 def cache_dir() -> pathlib.Path:
     default = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "stepbench"
-    return pathlib.Path(os.environ.get("STEPBENCH_CACHE", default))
+    return pathlib.Path(os.environ.get(CACHE_ENV) or default)
+
+
+def cache_problem() -> str | None:
+    """Why a measured peak could not be cached, or None; a run checks this before it times anything."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        return f"the GEMM peak cache {directory} ({CACHE_ENV}) is not writable: {error.strerror or error}"
+    return None
 
 
 def _key(dtype: str, device: str) -> str:
@@ -45,14 +66,27 @@ def _key(dtype: str, device: str) -> str:
     return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
+def cache_path(dtype: str, device: str = "cpu") -> pathlib.Path:
+    return cache_dir() / f"gemm-peak-{device}-{dtype}-{_key(dtype, device)}.json"
+
+
+def cached_gflops(dtype: str, device: str = "cpu") -> float | None:
+    """The cached peak, or None where none has been measured under the current key."""
+    try:
+        return float(json.loads(cache_path(dtype, device).read_text())["gflops"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def gemm_peak_gflops(dtype: str, device: str = "cpu") -> float:
     """Best GFLOP/s of an n x n x n matrix product in `dtype` on `device`, cached after the first call."""
-    path = cache_dir() / f"gemm-peak-{device}-{dtype}-{_key(dtype, device)}.json"
-    try:
-        return float(json.loads(path.read_text())["gflops"])
-    except (OSError, ValueError, KeyError):
-        pass
+    cached = cached_gflops(dtype, device)
+    return cached if cached is not None else measure_and_cache(dtype, device)
+
+
+def measure_and_cache(dtype: str, device: str = "cpu") -> float:
     gflops = _measure_cuda(dtype) if device == "cuda" else _measure_cpu(dtype)
+    path = cache_path(dtype, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     record = {
@@ -61,10 +95,56 @@ def gemm_peak_gflops(dtype: str, device: str = "cpu") -> float:
         "device": device,
         "sizes": GEMM_SIZES[device],
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # high: measured under load
     }
     tmp.write_text(json.dumps(record))
     os.replace(tmp, path)  # readers never see a half-written file
     return gflops
+
+
+def recheck(dtype: str, device: str, peak_gflops: float) -> str | None:
+    """A warning when one quick product disagrees with the cached peak, else None.
+
+    Much faster than the peak: the peak was measured under load and would flatter every
+    timing against it. Much slower: the machine is busy now, and the timings will be slow.
+    """
+    quick = quick_gflops(dtype, device)
+    where = f"{dtype} on {device}"
+    if quick > RECHECK_ABOVE * peak_gflops:
+        return (
+            f"the cached GEMM peak ({where}, {peak_gflops:.1f} GFLOP/s) is below a quick product just now "
+            f"({quick:.1f} GFLOP/s): it was measured under load; delete {cache_path(dtype, device)} and run again"
+        )
+    if quick < RECHECK_BELOW * peak_gflops:
+        return (
+            f"a quick product ({where}) ran at {quick:.1f} GFLOP/s, {quick / peak_gflops:.0%} of the cached GEMM "
+            f"peak ({peak_gflops:.1f} GFLOP/s): the machine is busy now, and its timings will be slow"
+        )
+    return None
+
+
+def quick_gflops(dtype: str, device: str = "cpu") -> float:
+    """GFLOP/s of a few products of the smaller size: a check of the peak, not a measurement of it."""
+    n = QUICK_SIZES[device]
+    if device == "cuda":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))  # n,n
+
+        def product():
+            torch.matmul(a, a)
+            torch.cuda.synchronize()
+
+    else:
+        threads.apply()
+        a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)  # n,n
+        out = np.empty_like(a)
+
+        def product():
+            np.matmul(a, a, out=out)
+
+    return 2 * n**3 / min(_timed(product) for _ in range(QUICK_REPEATS)) / 1e9
 
 
 def _measure_cpu(dtype: str) -> float:

@@ -126,6 +126,7 @@ def console(data: dict) -> str:
             f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
             "delete it (bench/peak.py says where) and run again"
         )
+    lines += [f"warning: {text}" for text in data.get("warnings", [])]  # older results.json have none
     for name, reason in skipped.items():
         lines.append(f"skipped {name}: {reason}")
     for r in data["results"]:
@@ -166,6 +167,9 @@ def markdown(data: dict, plot: str | None = None) -> str:
         ),
         f"- run: {data['wall_s']:.0f} s, {settings['budget_s']} s of timing per configuration",
     ]
+    warnings = data.get("warnings", [])  # older results.json have none
+    if warnings:
+        out += ["", "## Warnings: signs of a busy machine", ""] + [f"- {w}" for w in warnings]
     for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
         rows = {n: c for n, c in rows.items() if n not in skipped}
         labels = _labels(data, "preset")

@@ -1,6 +1,6 @@
 """The suite's one thread budget, applied alike to BLAS, torch and numba, and recorded with results.
 
-The budget is STEPBENCH_THREADS if set, else the CPUs this process may run on. Backends
+The budget is STEPBENCH_THREADS if set and not empty, else the CPUs this process may run on. Backends
 call `apply()` when a step is created, so every library loaded by then runs with the same
 number of threads; `describe()` is what results record.
 """
@@ -17,8 +17,8 @@ _blas_limits = None  # keeps threadpoolctl's limit in force for the life of the 
 
 def budget() -> int:
     """Threads each CPU backend may use."""
-    value = os.environ.get(ENV)
-    if value is None:
+    value = os.environ.get(ENV, "").strip()
+    if not value:  # unset, or set to nothing (`STEPBENCH_THREADS= make bench`): the default
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         n = int(value)

@@ -1,7 +1,7 @@
 """The timing harnesses' logic: the static grid, setup discipline, new registry entries, reports.
 
 Nothing here is timed: where the main job would time, bench.timing.measure is replaced by
-fixed samples, and the GEMM peak by a constant.
+fixed samples, the GEMM peak and its quick recheck by constants, and the load average too.
 """
 
 import dataclasses
@@ -19,6 +19,7 @@ from bench import (
     asv_results,
     environment,
     grid,
+    load,
     main,
     peak,
     prepare,
@@ -44,7 +45,17 @@ def new_entries(monkeypatch):
 
 
 @pytest.fixture
-def fake_timing(monkeypatch):
+def quiet_machine(monkeypatch, tmp_path_factory):
+    """The GEMM peak cached at 100 GFLOP/s and confirmed by its recheck, an idle load average, a private cache."""
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setattr(peak, "gemm_peak_gflops", lambda dtype, device="cpu": 100.0)
+    monkeypatch.setattr(peak, "cached_gflops", lambda dtype, device="cpu": 100.0)
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 100.0)
+    monkeypatch.setattr(load, "load_average", lambda: 0.0)
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, quiet_machine):
     """measure() returns fixed samples (numpy 100 us, the twin 50 us, with one noisy config); records its calls."""
     calls = []
 
@@ -56,7 +67,6 @@ def fake_timing(monkeypatch):
         return timing.Timing([base * (1 - spread)] * 2 + [base] + [base * (1 + spread)] * 2, 1)
 
     monkeypatch.setattr(timing, "measure", measure)
-    monkeypatch.setattr(peak, "gemm_peak_gflops", lambda dtype, device="cpu": 100.0)
     return calls
 
 
@@ -198,6 +208,7 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
         main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
     assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
     assert {p.name for p in out.iterdir()} == written
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # and no half-written folder beside it
 
 
 def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timing, tmp_path, monkeypatch):
@@ -281,3 +292,100 @@ def test_asv_results_keep_no_interpreter_path(tmp_path):
     renamed = json.loads((machine / "01234567-existing-py3.12.json").read_text())
     assert renamed["python"] == renamed["params"]["python"] == "3.12" and renamed["env_name"] == "existing-py3.12"
     assert json.loads((machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").read_text()) == built
+
+
+def _asv_result(commit: str, env_name: str, python: str, results: dict) -> dict:
+    """A result file as asv writes it, cut down to what bench.asv_results reads and merges."""
+    return {
+        "commit_hash": commit,
+        "env_name": env_name,
+        "python": python,
+        "params": {"machine": "vm", "python": python},
+        "result_columns": ["result", "params"],
+        "results": results,
+        "durations": {name: 1.0 for name in results},
+    }
+
+
+def test_asv_results_merge_a_second_run_of_one_commit(tmp_path):
+    # make asv-run twice on one commit: asv writes a path-named file again beside the renamed first one.
+    machine = tmp_path / "vm"
+    machine.mkdir()
+    python = "/home/someone/checkout/.venv/bin/python3.11"
+    env_name = "existing-py" + python.replace("/", "_")
+    path_named = machine / f"01234567-{env_name}.json"
+    first = {"a.time_x": [[1.0], []], "a.time_y": [[2.0], []]}
+    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, first)))
+    assert asv_results.main([str(tmp_path)]) == 0
+    second = {"a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}  # a rerun of y, and a benchmark new to this run
+    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, second)))
+
+    assert asv_results.main([str(tmp_path)]) == 0
+    assert [p.name for p in machine.iterdir()] == ["01234567-existing-py3.11.json"]
+    merged = json.loads((machine / "01234567-existing-py3.11.json").read_text())
+    assert merged["results"] == {"a.time_x": [[1.0], []], "a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}
+    assert set(merged["durations"]) == {"a.time_x", "a.time_y", "a.time_z"}
+    assert merged["python"] == "3.11" and "/home/" not in json.dumps(merged)
+
+
+def test_a_busy_machine_is_warned_about_in_every_output(fake_timing, monkeypatch, capsys):
+    monkeypatch.setattr(load, "load_average", lambda: load.cores() + 2.0)  # two more runnable processes than cores
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    before, after = data["warnings"]
+    assert before.startswith("before the run, the machine is busy: load average")
+    assert after.startswith("after the run, the machine is busy: load average")
+    stderr = capsys.readouterr().err
+    assert f"warning: {before}" in stderr and f"warning: {after}" in stderr
+    assert f"warning: {before}" in report.console(data)
+    assert "## Warnings" in report.markdown(data) and f"- {after}" in report.markdown(data)
+
+
+def test_the_load_average_counts_only_other_work(monkeypatch):
+    monkeypatch.setattr(load, "cores", lambda: 2)
+    monkeypatch.setattr(load, "load_average", lambda: 0.3)
+    assert load.busy_warning(budget=2) is None  # an idle machine
+    monkeypatch.setattr(load, "load_average", lambda: 2.0)
+    assert "load average 2.00 over the last minute on 2 cores" in load.busy_warning(budget=2)
+    assert load.busy_warning(budget=2, own_threads=2) is None  # the run's own two threads
+
+
+def test_a_cached_peak_is_checked_by_a_quick_product(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(peak, "_measure_cpu", lambda dtype: 100.0)
+    assert peak.gemm_peak_gflops("float32") == 100.0  # measured (here: the constant) and cached
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 90.0)
+    assert peak.recheck("float32", "cpu", 100.0) is None  # a single smaller product comes close
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 200.0)
+    low = peak.recheck("float32", "cpu", 100.0)
+    assert "measured under load" in low and str(peak.cache_path("float32")) in low
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 30.0)
+    assert "the machine is busy now" in peak.recheck("float32", "cpu", 100.0)
+
+
+def test_the_main_job_rechecks_the_cached_peak_and_reports_it(fake_timing, monkeypatch):
+    monkeypatch.setattr(
+        peak, "quick_gflops", lambda dtype, device="cpu": 200.0
+    )  # the cached 100 was measured under load
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    (warning,) = data["warnings"]
+    assert "cached GEMM peak (float32 on cpu, 100.0 GFLOP/s) is below a quick product" in warning
+    assert f"- {warning}" in report.markdown(data)
+
+
+def test_a_run_whose_speed_changes_is_flagged_by_its_first_cell_timed_again(fake_timing, monkeypatch):
+    calls = []
+
+    def slower_later(call, **kwargs):  # steady within each timing (low IQR), three times slower at the end
+        calls.append(call.step.name)
+        return timing.Timing([100e-6 if len(calls) == 1 else 300e-6] * 5, 1)
+
+    monkeypatch.setattr(timing, "measure", slower_later)
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    assert calls == ["numpy", "numpy"] and data["repeat"]["median_s"] == pytest.approx([100e-6, 300e-6])
+    (warning,) = data["warnings"]
+    assert warning.startswith("the machine's speed changed during the run: numpy seed float32 sgd took 100.0 us/step")
+    assert f"warning: {warning}" in report.console(data)
+
+
+def test_the_quick_product_runs():
+    assert peak.quick_gflops("float64") > 0  # the code path only: nothing here depends on how fast
