@@ -10,12 +10,13 @@ import json
 import pathlib
 import sys
 
-from asv import util
-
 SCRATCH = ".asv/smoke"
 
 
 def scratch_config(source: pathlib.Path) -> dict:
+    # Imported here: asv imports every module of bench/ in the environments it builds, which have no asv.
+    from asv import util
+
     config = util.load_json(str(source), js_comments=True)
     config["results_dir"] = f"{SCRATCH}/results"
     config["html_dir"] = f"{SCRATCH}/html"

@@ -21,6 +21,7 @@ otherwise, 2 on bad arguments. Nothing is written under results/ unless --save i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -33,6 +34,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 import impls
@@ -43,6 +45,11 @@ from . import cli, environment, grid, paired, peak
 WORKER = pathlib.Path(__file__).resolve().parent / "compare_worker.py"
 DEFAULT_SELECT = "(seed or tutorial or medium) and not n0"  # the preset cells; sweep ids start n0
 EXPORTED = ("impls", "pyproject.toml")  # what a side's checkout needs: the package under comparison
+# Thread pools that sleep as soon as their work is done. By default OpenBLAS's threads spin
+# for about 2^28 cycles (0.1 s) after each call and OpenMP's for a while too: in an
+# interleaved pair the side that has just finished would still be burning a core while the
+# other side's block runs. Both sides run with the same settings.
+PASSIVE_WAITS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class Refused(cli.Fatal):
@@ -76,6 +83,7 @@ class Cell:
     worst_ratio: dict = dataclasses.field(default_factory=dict)  # per side
     number: int = 1  # calls per block, the same on both sides
     pairs: list = dataclasses.field(default_factory=list)  # per round: [(base_s, head_s), ...]
+    first: list = dataclasses.field(default_factory=list)  # per round: which side's block ran first in each pair
 
     def keywords(self) -> list[str]:
         """The names pytest's -k matches for this cell in the pytest-benchmark suite."""
@@ -186,14 +194,16 @@ def make_side(role: str, spec: str | None, env: str | None) -> Side:
 class WorkerProcess:
     """One side's process; requests and replies are JSON lines (bench/compare_worker.py)."""
 
-    def __init__(self, side: Side, seed: int, budget: int, cpu: int | None = None):
+    def __init__(self, side: Side, seed: int, budget: int, cpus=None, passive: bool = True):
         self.side = side
-        env = {**os.environ, threads.ENV: str(budget)}
+        env = {**os.environ, threads.ENV: str(budget), **(PASSIVE_WAITS if passive else {})}
         command = [side.python, str(WORKER), "--checkout", str(side.checkout), "--seed", str(seed)]
-        if cpu is not None:
-            command += ["--cpu", str(cpu)]
+        if cpus is not None:
+            command += ["--cpus", ",".join(map(str, cpus))]
+        # A file, not a pipe: a worker that prints much (numba's warnings) must never block on a full pipe.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env
         )
         hello = self._read()
         if "error" in hello:
@@ -203,7 +213,8 @@ class WorkerProcess:
         line = self.process.stdout.readline()
         if not line:
             self.process.wait(timeout=10)
-            tail = self.process.stderr.read().strip().splitlines()[-1:] or ["no output"]
+            self.stderr.seek(0)
+            tail = self.stderr.read().strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(
                 f"{self.side.role} worker ({self.side.python}) exited with status {self.process.returncode}: {tail[0]}"
             )
@@ -226,7 +237,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+        for stream in (self.process.stdin, self.process.stdout, self.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
 
@@ -236,12 +247,14 @@ class WorkerProcess:
 
 @dataclasses.dataclass
 class Settings:
-    procedure: str = "interleave"
+    procedure: str = "duet"  # chosen by measurement: see the README
     rounds: int = 4  # processes per side
     pairs: int = 12  # pairs of blocks per cell and round
     block_s: float = 0.02  # the shortest block; a slower call is a block by itself
+    passive: bool = True  # PASSIVE_WAITS in both sides' processes
     threshold: float = 0.05
     seed: int = 0
+    thread_budget: int | None = None  # each side's, set when the run starts (a duet gives each side half the CPUs)
 
 
 class Progress:
@@ -301,19 +314,17 @@ def run(base: Side, head: Side, cells: list[Cell], settings: Settings) -> float:
     """Measure every cell, filling cell.pairs; returns the wall time in seconds."""
     rng = random.Random(settings.seed)
     duet = settings.procedure == "duet"
-    budget = 1 if duet else threads.budget()
-    if duet and len(os.sched_getaffinity(0)) < 2:
-        raise Refused("--procedure duet needs two CPUs, one per side")
-    cpus = sorted(os.sched_getaffinity(0))[:2] if duet else [None, None]
+    budget, halves = duet_split() if duet else (threads.budget(), [None, None])
+    settings.thread_budget = budget
     progress = Progress(settings.rounds * (1 + settings.pairs * len(cells)))
     start = time.perf_counter()
     for r in range(settings.rounds):
-        # In a duet the sides swap cores every round, so neither keeps the better one.
-        cpu = {"base": cpus[r % 2], "head": cpus[(r + 1) % 2]}
+        # In a duet the sides swap cores every round, so neither keeps the better ones.
+        cpu = {"base": halves[r % 2], "head": halves[(r + 1) % 2]}
         workers = {}
         try:
             for side in (base, head):
-                workers[side.role] = WorkerProcess(side, rng.randrange(2**31), budget, cpu[side.role])
+                workers[side.role] = WorkerProcess(side, rng.randrange(2**31), budget, cpu[side.role], settings.passive)
             if r == 0:
                 for side in (base, head):
                     side.environment = workers[side.role].ask(op="environment")["environment"]
@@ -326,11 +337,14 @@ def run(base: Side, head: Side, cells: list[Cell], settings: Settings) -> float:
             live = [c for c in cells if c.status == "ok"]
             for c in live:
                 c.pairs.append([])
+                c.first.append([])
             for j in range(settings.pairs):
                 order = live[:]
                 rng.shuffle(order)
                 for cell in order:
-                    cell.pairs[r].append(_pair(workers, cell, duet, rng))
+                    base_s, head_s, first = _pair(workers, cell, duet, rng)
+                    cell.pairs[r].append((base_s, head_s))
+                    cell.first[r].append(first)
                 progress.advance(f"round {r + 1}/{settings.rounds}: pair {j + 1}/{settings.pairs}", len(cells))
             for role, w in workers.items():
                 for cell_id in w.ask(op="finish")["diverged"]:
@@ -343,18 +357,27 @@ def run(base: Side, head: Side, cells: list[Cell], settings: Settings) -> float:
     return time.perf_counter() - start
 
 
-def _pair(workers, cell: Cell, duet: bool, rng: random.Random) -> tuple[float, float]:
-    """(base seconds per call, head seconds per call) from one block each."""
+def duet_split() -> tuple[int, list[list[int]]]:
+    """(threads per side, the two sides' CPUs): half the CPUs each, at most the thread budget."""
+    cpus = sorted(os.sched_getaffinity(0))
+    per_side = min(threads.budget(), len(cpus) // 2)
+    if per_side < 1:
+        raise Refused("--procedure duet needs two CPUs, one per side; use --procedure interleave")
+    return per_side, [cpus[:per_side], cpus[len(cpus) // 2 : len(cpus) // 2 + per_side]]
+
+
+def _pair(workers, cell: Cell, duet: bool, rng: random.Random) -> tuple[float, float, str]:
+    """(base seconds per call, head seconds per call, which ran first) from one block each."""
     request = {"op": "time", "cell": cell.id, "number": cell.number}
-    if duet:  # both blocks at once, one core each
+    if duet:  # both blocks at once, each on its own cores
         for w in workers.values():
             w.send(**request)
-        return workers["base"]._read()["t"], workers["head"]._read()["t"]
+        return workers["base"]._read()["t"], workers["head"]._read()["t"], "both"
     roles = ["base", "head"]
     if rng.random() < 0.5:
         roles.reverse()
     got = {role: workers[role].ask(**request)["t"] for role in roles}
-    return got["base"], got["head"]
+    return got["base"], got["head"], roles[0]
 
 
 # --- the verdicts and the report -----------------------------------------------------------
@@ -384,6 +407,7 @@ def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
                 head_median_s=_median([h for _, h in flat]),
                 calls_per_block=cell.number,
                 pairs=cell.pairs,
+                first=cell.first,
             )
         rows.append(row)
     rank = {v: i for i, v in enumerate(paired.ORDER)}
@@ -422,7 +446,8 @@ def table(rows: list[dict], base: Side, head: Side, settings: Settings, wall_s: 
     lines += [
         "",
         ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-        + f"; {settings.procedure}, {settings.rounds} processes per side, {settings.pairs} pairs per cell and process,"
+        + f"; {settings.procedure}, {settings.thread_budget} thread(s) per side, {settings.rounds} processes per side,"
+        + f" {settings.pairs} pairs per cell and process,"
         + f" {wall_s:.0f} s",
     ]
     unsure = [r for r in rows if r["verdict"] == "unsure"]
@@ -450,7 +475,7 @@ def record(rows, base: Side, head: Side, settings: Settings, wall_s: float, argv
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": environment.machine(),
         "machine_name": environment.machine_name(),
-        "settings": dataclasses.asdict(settings) | {"confidence": paired.CONFIDENCE, "thread_budget": threads.budget()},
+        "settings": dataclasses.asdict(settings) | {"confidence": paired.CONFIDENCE},
         "wall_s": wall_s,
         "base": side(base),
         "head": side(head),
@@ -474,11 +499,17 @@ def parser() -> cli.Parser:
     p.add_argument(
         "--head-env", default=None, metavar="ENV", help="tox env name or Python for HEAD (default: this one)"
     )
-    p.add_argument("--procedure", choices=("interleave", "duet"), default="interleave")
+    p.add_argument("--procedure", choices=("duet", "interleave"), default=Settings.procedure)
     p.add_argument("--rounds", type=int, default=Settings.rounds, help="processes per side")
     p.add_argument("--pairs", type=int, default=Settings.pairs, help="pairs of blocks per cell and process")
     p.add_argument("--block", type=float, default=Settings.block_s, metavar="S", help="shortest block, seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order and layouts")
+    p.add_argument(
+        "--passive",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.passive,
+        help="thread pools sleep when idle",
+    )
     p.add_argument("--list", action="store_true", help="print the selected cells and exit")
     return p
 
@@ -508,7 +539,7 @@ def _main(args, argv) -> int:
     if args.list:
         print("\n".join(c.id for c in cells))
         return 0
-    settings = Settings(args.procedure, args.rounds, args.pairs, args.block, args.threshold, args.seed)
+    settings = Settings(args.procedure, args.rounds, args.pairs, args.block, args.passive, args.threshold, args.seed)
     base, head = make_side("base", args.base, args.base_env), make_side("head", args.head, args.head_env)
     for side in (base, head):
         if side.checkout is None:

@@ -2,7 +2,7 @@
 
 Run as a script by the compare driver, never imported by it:
 
-    PYTHON compare_worker.py --checkout DIR --seed S [--cpu C]
+    PYTHON compare_worker.py --checkout DIR --seed S [--cpus C,C...]
 
 It imports `impls` from DIR (a revision's clean export, or the working tree) with the
 interpreter of the side's environment, and uses only the public API of `impls`, so the
@@ -163,15 +163,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=pathlib.Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU (duet)")
+    parser.add_argument("--cpus", default=None, help="pin this process to these CPUs (duet), comma-separated")
     args = parser.parse_args(argv)
     replies = _reply_channel()
 
     def reply(obj):
         replies.write(json.dumps(obj) + "\n")
 
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
+    if args.cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     try:
         worker = Worker(_import_impls(args.checkout.resolve()), args.seed)
     except Exception as error:  # noqa: BLE001 - the driver turns this into one line and exit 2

@@ -267,3 +267,56 @@ def test_committed_results_sit_under_the_name_of_the_cpu_that_made_them():
         assert run.parent.parent.name == machine.name(
             info["node"], info["stepbench"]["cpu"], info["stepbench"]["cores"], []
         )
+
+
+def test_a_duet_gives_each_side_half_the_cpus_within_the_budget(monkeypatch):
+    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setenv("STEPBENCH_THREADS", "8")
+    assert compare.duet_split() == (4, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    monkeypatch.setenv("STEPBENCH_THREADS", "2")
+    assert compare.duet_split() == (2, [[0, 1], [4, 5]])
+    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(compare.Refused, match="two CPUs"):
+        compare.duet_split()
+
+
+def test_ctrl_c_ends_in_one_line_and_leaves_no_worker(tmp_path):
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "STEPBENCH_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "bench", "compare", "HEAD", "HEAD", "-k", "numpy and seed", "--pairs", "500"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline:
+        workers = subprocess.run(
+            ["pgrep", "-f", str(tmp_path / "cache")], capture_output=True, text=True
+        ).stdout.split()
+        if len(workers) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(workers) >= 2, "the workers never started"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "python -m bench compare: interrupted; nothing written"
+    assert "Traceback" not in err and out == ""
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "cache")], capture_output=True, text=True).stdout.split()
+    assert left == []
+
+
+def test_every_committed_asv_result_is_on_mains_first_parent_line():
+    # asv publish places results along `git rev-list --first-parent` of the configured branch
+    # and drops any other ("Couldn't find ... in branches"): a result of a merged side
+    # branch's commit never reaches the dashboard.
+    line = subprocess.run(
+        ["git", "-C", str(REPO), "rev-list", "--first-parent", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for result in (REPO / "results" / "asv").glob("*/*.json"):
+        if result.name != "machine.json":
+            commit = json.loads(result.read_text())["commit_hash"]
+            assert commit in line, f"{result.name}: {commit[:8]} is not on the first-parent line of HEAD"

@@ -389,3 +389,14 @@ def test_a_run_whose_speed_changes_is_flagged_by_its_first_cell_timed_again(fake
 
 def test_the_quick_product_runs():
     assert peak.quick_gflops("float64") > 0  # the code path only: nothing here depends on how fast
+
+
+def test_every_bench_module_imports_where_asv_builds_its_environment():
+    # asv imports every module of bench/ to discover benchmarks, in environments with the pins
+    # of asv.conf.json and without asv itself: a module-level `import asv` breaks `asv run`.
+    modules = sorted(p.stem for p in (environment.REPO / "bench").glob("*.py") if p.stem != "__main__")
+    code = "import sys; sys.modules['asv'] = None\n" + "".join(f"import bench.{m}\n" for m in modules)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=environment.REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
