@@ -458,6 +458,27 @@ def table(rows: list[dict], base: Side, head: Side, settings: Settings, wall_s: 
     return "\n".join(lines)
 
 
+def portable(value):
+    """`value` with this machine's paths (the checkout, the cache, the home folder) as <repo>, <cache>, ~.
+
+    A record may be committed (--save) or shared: where the interpreter or the export lay on
+    this machine is kept only relative to those places.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    for prefix, name in ((peak.cache_dir(), "<cache>"), (environment.REPO, "<repo>"), (pathlib.Path.home(), "~")):
+        prefix = str(pathlib.Path(prefix).resolve())
+        if value == prefix or value.startswith(prefix + os.sep):
+            return name + value[len(prefix) :]
+    if os.path.isabs(value):  # elsewhere: the last parts say what it was (.venv/bin/python), not where
+        return os.path.join("...", *pathlib.PurePath(value).parts[-3:])
+    return value
+
+
 def record(rows, base: Side, head: Side, settings: Settings, wall_s: float, argv) -> dict:
     def side(s: Side) -> dict:
         return {
@@ -465,9 +486,9 @@ def record(rows, base: Side, head: Side, settings: Settings, wall_s: float, argv
             "spec": s.spec,
             "commit": s.commit,
             "dirty": s.dirty,
-            "python": s.python,
+            "python": portable(s.python),
             "checkout": "working tree" if s.commit is None else "export",
-            "environment": s.environment,
+            "environment": portable(s.environment),
         }
 
     return {

@@ -6,7 +6,6 @@ end to end check what they report and write, not how fast anything was.
 
 import json
 import math
-import pathlib
 import subprocess
 import sys
 
@@ -230,7 +229,7 @@ def test_a_run_records_every_pair_and_both_environments_and_writes_nothing_under
         assert row["agreement_worst_ratio"]["base"] < 1 and row["agreement_worst_ratio"]["head"] < 1
     for side in ("base", "head"):
         env = data[side]["environment"]
-        assert pathlib.Path(env["impls"]).parent == tmp_path / "cache" / "compare-checkouts" / data[side]["commit"]
+        assert env["impls"] == f"<cache>/compare-checkouts/{data[side]['commit']}/impls"  # each side's own export
         assert env["threads"]["budget"] == data["settings"]["thread_budget"]
     after = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
     assert after == before
@@ -320,3 +319,21 @@ def test_every_committed_asv_result_is_on_mains_first_parent_line():
         if result.name != "machine.json":
             commit = json.loads(result.read_text())["commit_hash"]
             assert commit in line, f"{result.name}: {commit[:8]} is not on the first-parent line of HEAD"
+
+
+def test_records_carry_no_path_of_this_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path / "cache"))
+    record = {
+        "python": str(REPO / ".venv" / "bin" / "python"),
+        "impls": [str(tmp_path / "cache" / "compare-checkouts" / "abc" / "impls")],
+        "elsewhere": "/opt/somewhere/envs/py311/bin/python",
+        "count": 3,
+        "spec": "HEAD~1",
+    }
+    assert compare.portable(record) == {
+        "python": "<repo>/.venv/bin/python",
+        "impls": ["<cache>/compare-checkouts/abc/impls"],
+        "elsewhere": ".../py311/bin/python",
+        "count": 3,
+        "spec": "HEAD~1",
+    }
