@@ -31,6 +31,7 @@ import math
 import os
 import pathlib
 import random
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -403,8 +404,8 @@ def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
                 ratio=est.ratio,
                 low=est.low,
                 high=est.high,
-                base_median_s=_median([b for b, _ in flat]),
-                head_median_s=_median([h for _, h in flat]),
+                base_median_s=statistics.median([b for b, _ in flat]),
+                head_median_s=statistics.median([h for _, h in flat]),
                 calls_per_block=cell.number,
                 pairs=cell.pairs,
                 first=cell.first,
@@ -413,12 +414,6 @@ def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
     rank = {v: i for i, v in enumerate(paired.ORDER)}
     rows.sort(key=lambda r: (rank[r["verdict"]], -r.get("ratio", 0)))
     return rows
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _us(seconds: float) -> str:
