@@ -400,3 +400,22 @@ def test_every_bench_module_imports_where_asv_builds_its_environment():
         [sys.executable, "-c", code], cwd=environment.REPO, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_asv_scratch_configuration_points_at_this_checkout_from_its_own_folder(tmp_path):
+    # asv changes into the folder of the configuration it is given, so every path in the copy
+    # must lead from there back to this checkout's benchmarks, and its results must stay in .asv/.
+    from bench import asv_scratch
+
+    target = tmp_path / "scratch" / "smoke.conf.json"
+    assert asv_scratch.main([str(environment.REPO / "asv.conf.json"), str(target)]) == 0
+    config = json.loads(target.read_text())
+
+    def resolved(key):
+        return (target.parent / config[key]).resolve()
+
+    assert resolved("repo") == environment.REPO.resolve()
+    assert resolved("benchmark_dir") == (environment.REPO / "bench").resolve()
+    assert resolved("results_dir") == (environment.REPO / ".asv" / "smoke" / "results").resolve()
+    assert resolved("env_dir") == (environment.REPO / ".asv" / "env").resolve()
+    assert not any(os.path.isabs(config[key]) for key in asv_scratch.PATH_KEYS)
