@@ -22,7 +22,7 @@ BASE ?= main
 HEAD ?=
 COMPARE_ARGS ?=
 
-.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare asv-machine asv-run asv-publish dynamics tox drift lint
+.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare asv-machine asv-run asv-publish dashboard dashboard-screenshot dynamics tox drift lint
 
 venv: $(STAMP)
 
@@ -70,9 +70,17 @@ asv-run: $(STAMP) asv-machine
 	$(PY) -m bench.asv_results results/asv
 	$(PY) -m bench.environment --save results/asv-environment
 
-asv-publish: $(STAMP)
+asv-publish: dashboard
+
+# asv's dashboard of every machine's results/asv/<machine>/, in results/html, working with no
+# network (bench/dashboard.py); `make dashboard-screenshot` renders it as the README shows it.
+dashboard: $(STAMP)
 	$(PY) -m bench.asv_results results/asv
-	$(ASV) publish
+	$(PY) -m bench.dashboard
+
+DASHBOARD_PAGE ?= training_step.Presets.track_time_vs_numpy?p-preset=%27tutorial%27&p-dtype=%27float32%27&p-optimizer=%27adam%27
+dashboard-screenshot: dashboard
+	$(PY) -m bench.dashboard_browser --html-dir results/html --out docs/dashboard.png --page "$(DASHBOARD_PAGE)"
 
 # The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.
 dynamics: $(STAMP)

@@ -1,7 +1,9 @@
-"""`python -m bench.asv_scratch SRC DST`: asv's configuration with results and html under .asv/ (ignored by git).
+"""asv configurations written elsewhere than asv.conf.json: `python -m bench.asv_scratch SRC DST`.
 
-The smoke run of `make test` uses it: `asv run --dry-run` still writes the machine's
-machine.json into its results folder, and a test run must leave the checkout as it was.
+The smoke run of `make test` uses one with results and html under .asv/ (ignored by git):
+`asv run --dry-run` still writes the machine's machine.json into its results folder, and a
+test run must leave the checkout as it was. `make dashboard` and its browser test use one
+that publishes into a folder of their choice.
 """
 
 from __future__ import annotations
@@ -16,19 +18,34 @@ SCRATCH = ".asv/smoke"
 PATH_KEYS = ("repo", "benchmark_dir", "env_dir", "results_dir", "html_dir")
 
 
-def scratch_config(source: pathlib.Path, target: pathlib.Path) -> dict:
+def relocated(source: pathlib.Path, target: pathlib.Path, **paths: str) -> dict:
+    """source's configuration, with `paths` (relative to source's folder, or absolute) replacing
+    its own, every relative path re-expressed from target's folder."""
     # Imported here: asv imports every module of bench/ in the environments it builds, which have no asv.
     from asv import util
 
     config = util.load_json(str(source), js_comments=True)
-    config["results_dir"] = f"{SCRATCH}/results"
-    config["html_dir"] = f"{SCRATCH}/html"
+    config.update(paths)
     # Paths stay relative (the copy must not name this machine's folders) but now from the copy's folder.
     here, there = source.resolve().parent, target.resolve().parent
     for key in PATH_KEYS:
         if key in config and not os.path.isabs(config[key]):
             config[key] = os.path.relpath(here / config[key], there)
     return config
+
+
+def scratch_config(source: pathlib.Path, target: pathlib.Path) -> dict:
+    return relocated(source, target, results_dir=f"{SCRATCH}/results", html_dir=f"{SCRATCH}/html")
+
+
+def write(source: pathlib.Path, target: pathlib.Path, **paths: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(relocated(source, target, **paths), indent=1) + "\n")
+
+
+def resolved(config: pathlib.Path, key: str) -> pathlib.Path:
+    """Where asv will find `key` of the configuration file `config`."""
+    return (config.resolve().parent / json.loads(config.read_text())[key]).resolve()
 
 
 def main(argv=None) -> int:

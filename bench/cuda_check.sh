@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On a CUDA machine: list what can run, check the CUDA entries agree, then time every
-# available entry with pytest-benchmark and save the JSON under results/<machine>/.
+# available entry with pytest-benchmark and save the JSON under results/<machine>/; where asv
+# is installed, also run asv's grid for the CUDA entries into results/asv/<machine name>/, so
+# that the GPU appears on the dashboard (make dashboard) beside the CPU machines.
 #
 #     bench/cuda_check.sh [TARGET]     TARGET: pytest-benchmark files or folder (default: bench)
 #
@@ -46,6 +48,21 @@ echo "== pytest-benchmark: $TARGET -k '$SELECT'"
 "$PYTHON" -m pytest "$TARGET" -q -k "$SELECT" -p no:cacheprovider --benchmark-json="$out/pytest-benchmark-$stamp.json"
 timed=$?
 
-echo "agreement tests: exit $agree; timing: exit $timed; results: $out/pytest-benchmark-$stamp.json"
+dashboard=0
+if "$PYTHON" -c 'import asv' 2>/dev/null; then
+    # Named like every machine's asv folder (bench/machine.py: host, CPU, cores, GPU).
+    asv_machine=$("$PYTHON" -m bench.machine)
+    echo "== asv: the CUDA entries -> results/asv/$asv_machine"
+    "$PYTHON" -m asv machine --yes --machine "$asv_machine" > /dev/null &&
+        "$PYTHON" -m asv run --python=same --set-commit-hash HEAD --machine "$asv_machine" -b "'torch:cuda" &&
+        "$PYTHON" -m bench.asv_results results/asv &&
+        "$PYTHON" -m bench.environment --save results/asv-environment
+    dashboard=$?
+else
+    echo "== asv is not installed here: no dashboard results (pip install asv==0.6.6 to add them)"
+fi
+
+echo "agreement tests: exit $agree; timing: exit $timed; asv: exit $dashboard; results: $out/pytest-benchmark-$stamp.json"
 [ "$agree" -ne 0 ] && exit "$agree"
-exit "$timed"
+[ "$timed" -ne 0 ] && exit "$timed"
+exit "$dashboard"

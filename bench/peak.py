@@ -126,25 +126,34 @@ def recheck(dtype: str, device: str, peak_gflops: float) -> str | None:
 def quick_gflops(dtype: str, device: str = "cpu") -> float:
     """GFLOP/s of a few products of the smaller size: a check of the peak, not a measurement of it."""
     n = QUICK_SIZES[device]
+    call = product(dtype, device, n)
+    return 2 * n**3 / min(_timed(call) for _ in range(QUICK_REPEATS)) / 1e9
+
+
+def product(dtype: str, device: str = "cpu", n: int | None = None):
+    """One n x n x n matrix product per call, done when the call returns (n: the quick size)."""
+    n = QUICK_SIZES[device] if n is None else n
     if device == "cuda":
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = False
         a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))  # n,n
+        out = torch.empty_like(a)  # n,n
 
-        def product():
-            torch.matmul(a, a)
+        def call():
+            torch.matmul(a, a, out=out)
             torch.cuda.synchronize()
 
     else:
         threads.apply()
         a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)  # n,n
-        out = np.empty_like(a)
+        out = np.empty_like(a)  # n,n
 
-        def product():
+        def call():
             np.matmul(a, a, out=out)
 
-    return 2 * n**3 / min(_timed(product) for _ in range(QUICK_REPEATS)) / 1e9
+    call.flops = 2 * n**3
+    return call
 
 
 def _measure_cpu(dtype: str) -> float:

@@ -1,4 +1,4 @@
-"""asv benchmarks of the training step over the grid: time, peak memory, GFLOP/s and fraction of GEMM peak.
+"""asv benchmarks of the training step over the grid: time, peak memory, and ratios that survive drift.
 
 Every parameter set runs in its own process. setup() skips what cannot run here
 (NotImplementedError, so the grid stays the same on every machine), reads the agreement
@@ -6,12 +6,24 @@ verdict for the problem (a disagreeing implementation fails its benchmarks with 
 checker's report and is not timed), creates and warms up the step under the thread
 budget. asv re-runs setup() before every sample; the prepared step is kept, so a re-run
 only checks that the weights are still finite.
+
+Every track_ value is one where lower is better, as asv assumes for every benchmark
+(it has no way to mark a track as higher-is-better): a rate is tracked as its reciprocal,
+time per GFLOP, and a speed-up as the time relative to numpy's. Otherwise a step that got
+faster would be listed among the regressions.
+
+Two tracks are measured so that a machine's drift cancels: each is a ratio of two blocks of
+calls alternated inside one process (bench.timing.alternate), the step against numpy's step
+on the same problem, and the step against a matrix product of this dtype on this device.
+Between runs of unchanged code, time_step moves with the machine; these move far less.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+
+import numpy as np
 
 import impls
 from impls import registry, threads
@@ -28,15 +40,25 @@ PRELOADED = tuple(package for package in registry.required_packages() if importl
 for _module in PRELOADED:
     importlib.import_module(_module)
 
-_prepared: dict[tuple, prepare.Prepared] = {}  # this process's one parameter set
+# This process's one parameter set: its (run, problem, preset), its step and numpy's step on it.
+# setup() passes nothing else on: asv versions a benchmark by the source of its setup, and a
+# changed setup would cut the committed history off the dashboard.
+_parameter_set: tuple = (None, None, None)
+_prepared: dict[tuple, prepare.Prepared] = {}
 
 
-def _prepare(run: str, name: str, problem: impls.Problem, preset: str | None = None) -> prepare.Prepared:
-    key = (run, name, problem)
+def _prepare(
+    run: str, name: str, problem: impls.Problem, preset: str | None = None, role: str = "timed"
+) -> prepare.Prepared:
+    global _parameter_set
+    key = (run, role, name, problem)
+    if role == "timed":
+        _parameter_set = (run, problem, preset)
     if key in _prepared:
         prepare.assert_finite(_prepared[key].step)
     else:
-        _prepared.clear()
+        if any(other[0] != run or other[3] != problem for other in _prepared):
+            _prepared.clear()  # another parameter set: a process keeps only one set's steps
         _prepared[key] = prepare.prepare(name, problem, preset, verdict=verdicts.lookup(run, preset))
     return _prepared[key]
 
@@ -58,18 +80,40 @@ class _StepBenchmarks:
     def time_step(self, run, *params):
         self.one_step()
 
-    def track_gflops(self, run, *params):
-        return self._gflops()
-
-    track_gflops.unit = "GFLOP/s"
-
-    def _gflops(self) -> float:
+    def track_ms_per_gflop(self, run, *params):
+        """Time per GFLOP of the step's matrix products: 1/(GFLOP/s), so that lower is faster."""
         seconds = timing.measure(self.one_step, min_blocks=3, budget_s=0.3).median
-        return impls.flops(self.prepared.step.problem) / seconds / 1e9
+        return 1e3 * seconds / (impls.flops(self.prepared.step.problem) / 1e9)
+
+    track_ms_per_gflop.unit = "ms/GFLOP (lower is faster)"
+
+    def track_time_vs_numpy(self, run, *params):
+        """The step's time over numpy's on the same problem, blocks of each alternated in one process:
+        1/speed-up, so that lower is faster. Drift between runs cancels in the ratio."""
+        # numpy's own row compares two numpy steps: the method's bias and noise floor.
+        run, problem, preset = _parameter_set
+        reference = _prepare(run, grid.REFERENCE, problem, preset, role="reference")
+        return timing.median_ratio(timing.alternate(self.one_step, prepare.synced(reference.step), pairs=PAIRS))
+
+    track_time_vs_numpy.unit = "x numpy's time (lower is faster)"
+
+    def track_time_over_gemm(self, run, *params):
+        """The step's time over the time its FLOPs take at the rate of a matrix product (1024^3 on the
+        CPU) alternated with it in one process: 1/(fraction of GEMM rate), so that lower is faster."""
+        step = self.prepared.step
+        product = peak.product(step.problem.dtype, grid.device(step.name))
+        samples = timing.alternate(self.one_step, product, pairs=PAIRS)
+        # step seconds / the seconds its FLOPs would take at the product's rate in the same pair
+        return float(np.median([s * product.flops / (impls.flops(step.problem) * g) for s, g in samples]))
+
+    track_time_over_gemm.unit = "x the time at the GEMM rate (lower is faster)"
+
+
+PAIRS = 15  # alternated block pairs per ratio track: about half a second at the CPU presets
 
 
 class Presets(_StepBenchmarks):
-    """implementation x size preset x dtype x optimizer: time, peak memory, GFLOP/s, fraction of peak."""
+    """implementation x size preset x dtype x optimizer: time, peak memory, and the tracks above."""
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.PRESETS), list(grid.DTYPES), list(grid.OPTIMIZERS)]
     param_names = ["implementation", "preset", "dtype", "optimizer"]
@@ -86,17 +130,11 @@ class Presets(_StepBenchmarks):
     def peakmem_step(self, run, *params):
         self.one_step()
 
-    def track_peak_fraction(self, run, *params):
-        step = self.prepared.step
-        return self._gflops() / peak.gemm_peak_gflops(step.problem.dtype, grid.device(step.name))
-
-    track_peak_fraction.unit = "fraction of GEMM peak"
-
 
 class BatchSweep(_StepBenchmarks):
     """implementation x batch size N (D, H, O = grid.SWEEP_SHAPE) x dtype, with SGD: how the cost grows with N.
 
-    Time and GFLOP/s only: the other measurements are the preset grid's.
+    Time and the tracks; loss_and_grads and peak memory are the preset grid's.
     """
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.SWEEP_IDS), list(grid.DTYPES)]
@@ -118,12 +156,13 @@ track_thread_budget.unit = "threads"
 
 
 class GemmPeak:
-    """This machine's measured GEMM peak, the yardstick of track_peak_fraction."""
+    """This machine's measured GEMM peak (the best rate, cached: bench.peak), the yardstick of `make bench`."""
 
     params = [list(grid.DTYPES)]
     param_names = ["dtype"]
 
-    def track_gflops(self, dtype):
-        return peak.gemm_peak_gflops(dtype, "cpu")
+    def track_ms_per_gflop(self, dtype):
+        """1/(GFLOP/s) of the cached peak, so that lower is faster."""
+        return 1e3 / peak.gemm_peak_gflops(dtype, "cpu")
 
-    track_gflops.unit = "GFLOP/s"
+    track_ms_per_gflop.unit = "ms/GFLOP (lower is faster)"

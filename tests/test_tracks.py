@@ -1,0 +1,140 @@
+"""The asv tracks that survive drift, and their direction: what they compute, on a fake clock.
+
+Nothing here is timed against the real clock: time.perf_counter is replaced by a clock that
+each fake call advances by a fixed amount, so the expected values are exact.
+"""
+
+import inspect
+import itertools
+
+import pytest
+
+import impls
+from bench import peak, timing, training_step
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def call(self, seconds, log=None, label=None):
+        def advance():
+            self.now += seconds
+            if log is not None:
+                log.append(label)
+
+        return advance
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", fake)
+    return fake
+
+
+def test_alternated_blocks_give_per_call_times_and_their_ratio(clock):
+    log = []
+    samples = timing.alternate(clock.call(2e-3, log, "a"), clock.call(1e-3, log, "b"), pairs=20, block_s=0.01)
+    assert len(samples) == 20
+    assert samples == [pytest.approx((2e-3, 1e-3))] * 20  # per call, not per block of 5 or 10 calls
+    assert timing.median_ratio(samples) == pytest.approx(2.0)
+    # The blocks alternate, in both orders: after calibration, runs of one side are never longer than two blocks.
+    timed = log[-(20 * (5 + 10)) :]
+    blocks = [label for label, _ in itertools.groupby(timed)]
+    assert set(blocks) == {"a", "b"} and len(blocks) > 20
+
+
+def test_a_drift_between_pairs_cancels_in_the_ratio(clock):
+    # The machine slows down 3x half-way: both sides of each pair are slowed alike.
+    speed = {"factor": 1.0}
+    pairs_done = {"n": 0}
+
+    def side(seconds):
+        def call():
+            clock.now += seconds * speed["factor"]
+
+        return call
+
+    first, second = side(3e-3), side(1e-3)
+    samples = []
+    for _ in range(10):
+        samples += timing.alternate(first, second, pairs=1, block_s=0.01, seed=pairs_done["n"])
+        pairs_done["n"] += 1
+        if pairs_done["n"] == 5:
+            speed["factor"] = 3.0
+    assert [a for a, _ in samples] != [samples[0][0]] * 10  # the times moved ...
+    assert timing.median_ratio(samples) == pytest.approx(3.0)  # ... the ratio did not
+
+
+def test_the_product_call_knows_its_flops():
+    call = peak.product("float64", "cpu", n=8)
+    call()
+    assert call.flops == 2 * 8**3
+
+
+def _tracks():
+    return [
+        (cls, name)
+        for cls in (training_step.Presets, training_step.BatchSweep, training_step.GemmPeak)
+        for name, _ in inspect.getmembers(cls, inspect.isfunction)
+        if name.startswith("track_")
+    ]
+
+
+def test_no_tracked_value_rises_when_the_step_gets_faster():
+    # asv lists any rise as a regression: a rate would list every speed-up among them.
+    tracks = _tracks()
+    assert {name for _, name in tracks} == {"track_ms_per_gflop", "track_time_vs_numpy", "track_time_over_gemm"}
+    for cls, name in tracks:
+        assert "lower is faster" in getattr(cls, name).unit, (cls.__name__, name)
+
+
+def test_time_over_gemm_is_the_reciprocal_of_the_fraction_of_the_rate_measured_alongside(monkeypatch):
+    problem = impls.Problem.preset("seed", dtype="float64")
+    benchmark = training_step.Presets()
+    benchmark.prepared = type("Prepared", (), {"step": impls.create("numpy", problem)})()
+    benchmark.one_step = lambda: None
+    product = peak.product("float64", "cpu", n=16)
+    monkeypatch.setattr(peak, "product", lambda dtype, device: product)
+    # Pairs of (step seconds, product seconds): the product's rate is flops/g, the step's flops take flops/rate.
+    samples = [(4e-3, 1e-3), (5e-3, 1e-3), (6e-3, 2e-3)]
+    monkeypatch.setattr(timing, "alternate", lambda first, second, pairs=0: list(samples))
+    expected = sorted(s * product.flops / (impls.flops(problem) * g) for s, g in samples)[1]
+    assert benchmark.track_time_over_gemm("run") == pytest.approx(expected)
+
+
+def test_ms_per_gflop_is_the_reciprocal_of_the_rate(monkeypatch):
+    problem = impls.Problem.preset("seed", dtype="float64")
+    benchmark = training_step.Presets()
+    benchmark.prepared = type("Prepared", (), {"step": impls.create("numpy", problem)})()
+    benchmark.one_step = lambda: None
+    monkeypatch.setattr(timing, "measure", lambda call, **kw: timing.Timing([2e-3] * 3, 1))
+    gflops = impls.flops(problem) / 2e-3 / 1e9
+    assert benchmark.track_ms_per_gflop("run") == pytest.approx(1e3 / gflops)
+
+
+def test_time_vs_numpy_is_the_step_over_numpy_on_the_same_problem(clock, monkeypatch):
+    problem = impls.Problem.preset("tutorial", dtype="float32", optimizer="adam")
+    asked = []
+
+    class NumpyStep:  # what _prepare hands back for the reference: a step of 4 ms
+        step = staticmethod(clock.call(4e-3))
+
+        @staticmethod
+        def sync():
+            pass
+
+    def prepare(run, name, problem_, preset=None, role="timed"):
+        asked.append((run, name, problem_, preset, role))
+        return type("Prepared", (), {"step": NumpyStep})()
+
+    monkeypatch.setattr(training_step, "_prepare", prepare)
+    monkeypatch.setattr(training_step, "_parameter_set", ("run-1", problem, "tutorial"))
+    benchmark = training_step.Presets()
+    benchmark.one_step = clock.call(1e-3)  # the timed implementation: 4x faster than numpy
+    assert benchmark.track_time_vs_numpy("run-1") == pytest.approx(0.25)
+    assert asked == [("run-1", "numpy", problem, "tutorial", "reference")]
