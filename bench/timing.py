@@ -82,13 +82,17 @@ def calibrate(call, block_s: float) -> tuple[int, float]:
         number = max(number + 1, int(number * min(10.0, 1.2 * block_s / max(t, 1e-9))))
 
 
-def alternate(first, second, pairs: int = 15, block_s: float = 0.01, seed: int = 0) -> list[tuple[float, float]]:
+def alternate(
+    first, second, pairs: int = 15, block_s: float = 0.01, settle_s: float = 0.0, seed: int = 0
+) -> list[tuple[float, float]]:
     """Seconds per call of two calls measured in alternating blocks: one (first, second) pair per block pair.
 
     A drift of the machine's speed (another job starting, the CPU's clock) slows the two
     blocks of a pair alike, so a ratio within a pair survives what two separate runs do
     not. The order within each pair is random, so neither side always runs just after the
-    other has warmed the caches.
+    other has warmed the caches. After each block the process sleeps settle_s, so that
+    thread pools which keep spinning after a call (OpenBLAS's, for about 0.1 s) are asleep
+    before the other side's block: otherwise they hold a core that block needs.
     """
     numbers = (calibrate(first, block_s)[0], calibrate(second, block_s)[0])
     order = np.random.default_rng(seed).integers(0, 2, size=pairs)
@@ -100,6 +104,8 @@ def alternate(first, second, pairs: int = 15, block_s: float = 0.01, seed: int =
             sides = (1, 0) if swap else (0, 1)
             seconds = [0.0, 0.0]
             for side in sides:
+                if settle_s:
+                    time.sleep(settle_s)
                 seconds[side] = _block((first, second)[side], numbers[side]) / numbers[side]
             samples.append((seconds[0], seconds[1]))
     finally:

@@ -87,33 +87,20 @@ class _StepBenchmarks:
 
     track_ms_per_gflop.unit = "ms/GFLOP (lower is faster)"
 
-    def track_time_vs_numpy(self, run, *params):
-        """The step's time over numpy's on the same problem, blocks of each alternated in one process:
-        1/speed-up, so that lower is faster. Drift between runs cancels in the ratio."""
-        # numpy's own row compares two numpy steps: the method's bias and noise floor.
-        run, problem, preset = _parameter_set
-        reference = _prepare(run, grid.REFERENCE, problem, preset, role="reference")
-        return timing.median_ratio(timing.alternate(self.one_step, prepare.synced(reference.step), pairs=PAIRS))
 
-    track_time_vs_numpy.unit = "x numpy's time (lower is faster)"
-
-    def track_time_over_gemm(self, run, *params):
-        """The step's time over the time its FLOPs take at the rate of a matrix product (1024^3 on the
-        CPU) alternated with it in one process: 1/(fraction of GEMM rate), so that lower is faster."""
-        step = self.prepared.step
-        product = peak.product(step.problem.dtype, grid.device(step.name))
-        samples = timing.alternate(self.one_step, product, pairs=PAIRS)
-        # step seconds / the seconds its FLOPs would take at the product's rate in the same pair
-        return float(np.median([s * product.flops / (impls.flops(step.problem) * g) for s, g in samples]))
-
-    track_time_over_gemm.unit = "x the time at the GEMM rate (lower is faster)"
+# The ratio tracks: 12 pairs of blocks of at least 20 ms, each block after a 0.12 s pause in which
+# OpenBLAS's threads, which spin for about 0.1 s after a call, go to sleep (bench.timing.alternate).
+# About 3.5 s per track at the CPU presets.
+PAIRS, BLOCK_S, SETTLE_S = 12, 0.02, 0.12
 
 
-PAIRS = 15  # alternated block pairs per ratio track: about half a second at the CPU presets
+def _alternate(first, second) -> list[tuple[float, float]]:
+    return timing.alternate(first, second, pairs=PAIRS, block_s=BLOCK_S, settle_s=SETTLE_S)
 
 
 class Presets(_StepBenchmarks):
-    """implementation x size preset x dtype x optimizer: time, peak memory, and the tracks above."""
+    """implementation x size preset x dtype x optimizer: time, peak memory, time per GFLOP, and two ratios
+    that survive drift: the time relative to numpy's and to a GEMM's rate, each measured alongside."""
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.PRESETS), list(grid.DTYPES), list(grid.OPTIMIZERS)]
     param_names = ["implementation", "preset", "dtype", "optimizer"]
@@ -123,6 +110,27 @@ class Presets(_StepBenchmarks):
 
     def setup(self, run, name, preset, dtype, optimizer):
         self._ready(_prepare(run, name, grid.preset_problem(preset, dtype, optimizer), preset))
+
+    def track_time_vs_numpy(self, run, *params):
+        """The step's time over numpy's on the same problem, blocks of each alternated in one process:
+        1/speed-up, so that lower is faster. Drift between runs cancels in the ratio."""
+        # numpy's own row compares two numpy steps: the method's bias and noise floor.
+        run, problem, preset = _parameter_set
+        reference = _prepare(run, grid.REFERENCE, problem, preset, role="reference")
+        return timing.median_ratio(_alternate(self.one_step, prepare.synced(reference.step)))
+
+    track_time_vs_numpy.unit = "x numpy's time (lower is faster)"
+
+    def track_time_over_gemm(self, run, *params):
+        """The step's time over the time its FLOPs take at the rate of a matrix product (1024^3 on the
+        CPU) alternated with it in one process: 1/(fraction of GEMM rate), so that lower is faster."""
+        step = self.prepared.step
+        product = peak.product(step.problem.dtype, grid.device(step.name))
+        samples = _alternate(self.one_step, product)
+        # step seconds / the seconds its FLOPs would take at the product's rate in the same pair
+        return float(np.median([s * product.flops / (impls.flops(step.problem) * g) for s, g in samples]))
+
+    track_time_over_gemm.unit = "x the time at the GEMM rate (lower is faster)"
 
     def time_loss_and_grads(self, run, *params):
         self.one_loss_and_grads()
@@ -134,7 +142,7 @@ class Presets(_StepBenchmarks):
 class BatchSweep(_StepBenchmarks):
     """implementation x batch size N (D, H, O = grid.SWEEP_SHAPE) x dtype, with SGD: how the cost grows with N.
 
-    Time and the tracks; loss_and_grads and peak memory are the preset grid's.
+    Time and time per GFLOP; loss_and_grads, peak memory and the ratios are the preset grid's.
     """
 
     params = [list(grid.IMPLEMENTATIONS), list(grid.SWEEP_IDS), list(grid.DTYPES)]

@@ -33,6 +33,7 @@ class FakeClock:
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(timing.time, "perf_counter", fake)
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: setattr(fake, "now", fake.now + seconds))
     return fake
 
 
@@ -46,6 +47,17 @@ def test_alternated_blocks_give_per_call_times_and_their_ratio(clock):
     timed = log[-(20 * (5 + 10)) :]
     blocks = [label for label, _ in itertools.groupby(timed)]
     assert set(blocks) == {"a", "b"} and len(blocks) > 20
+
+
+def test_each_block_waits_for_the_other_sides_spinning_threads_to_sleep(clock, monkeypatch):
+    events = []
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    timing.alternate(clock.call(1e-3, events, "a"), clock.call(1e-3, events, "b"), pairs=3, block_s=0.005, settle_s=0.1)
+    timed = events[events.index("sleep 0.1") :]  # after calibration
+    runs = [label for label, _ in itertools.groupby(timed)]
+    assert len(runs) == 12
+    assert runs[0::2] == ["sleep 0.1"] * 6  # a pause before every block ...
+    assert sorted(runs[1::2]) == ["a"] * 3 + ["b"] * 3  # ... and the blocks, one of each side per pair
 
 
 def test_a_drift_between_pairs_cancels_in_the_ratio(clock):
@@ -102,7 +114,7 @@ def test_time_over_gemm_is_the_reciprocal_of_the_fraction_of_the_rate_measured_a
     monkeypatch.setattr(peak, "product", lambda dtype, device: product)
     # Pairs of (step seconds, product seconds): the product's rate is flops/g, the step's flops take flops/rate.
     samples = [(4e-3, 1e-3), (5e-3, 1e-3), (6e-3, 2e-3)]
-    monkeypatch.setattr(timing, "alternate", lambda first, second, pairs=0: list(samples))
+    monkeypatch.setattr(timing, "alternate", lambda first, second, **settings: list(samples))
     expected = sorted(s * product.flops / (impls.flops(problem) * g) for s, g in samples)[1]
     assert benchmark.track_time_over_gemm("run") == pytest.approx(expected)
 
@@ -138,3 +150,11 @@ def test_time_vs_numpy_is_the_step_over_numpy_on_the_same_problem(clock, monkeyp
     benchmark.one_step = clock.call(1e-3)  # the timed implementation: 4x faster than numpy
     assert benchmark.track_time_vs_numpy("run-1") == pytest.approx(0.25)
     assert asked == [("run-1", "numpy", problem, "tutorial", "reference")]
+
+
+def test_the_spread_between_runs_is_max_over_min_per_parameter_set_measured_in_all():
+    from bench import asv_spread
+
+    first = {("t", ("numpy",)): 1.0, ("t", ("numba",)): 2.0}
+    second = {("t", ("numpy",)): 1.5, ("t", ("numba",)): 2.0, ("u", ()): 1.0}  # u: in one run only
+    assert asv_spread.spreads([first, second]) == {"t": [pytest.approx(0.0), pytest.approx(0.5)]}
