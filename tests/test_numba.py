@@ -173,21 +173,6 @@ def test_parallel_entry_runs_a_prange_region_per_product(name, regions, ns):
     assert ns.matmul_nn_parallel.targetoptions.get("parallel") is True
 
 
-@pytest.mark.parametrize("name", NUMBA_NAMES)
-def test_fortran_and_strided_inputs_read_correctly(name):
-    require(name)
-    p = impls.Problem(n=6, d=5, h=4, o=3)
-    arrays = impls.make_arrays(p)
-    fortran = impls.Arrays(*(np.asfortranarray(a) for a in arrays))
-    strided = impls.Arrays(*(np.repeat(a, 2, axis=1)[:, ::2] for a in arrays))
-    expected = impls.create(name, p, arrays).loss_and_grads()
-    for variant in (fortran, strided):
-        got = impls.create(name, p, variant).loss_and_grads()
-        assert got[0] == expected[0]
-        np.testing.assert_array_equal(got[1], expected[1])
-        np.testing.assert_array_equal(got[2], expected[2])
-
-
 _THREADS_AFTER_CREATE = """
     import impls
     from impls import threads
