@@ -192,6 +192,20 @@ def test_gemm_rates_count_two_flops_per_multiply_add(device, monkeypatch):
     assert len(products) == 2 * 2 + peak.QUICK_REPEATS
 
 
+def test_the_gpu_script_runs_the_tests_of_every_cuda_only_path():
+    # No CPU machine runs CUDA-only code: bench/cuda_check.sh is where its tests run, so what it
+    # selects is checked here, through its own --collect-only.
+    script = environment.REPO / "bench" / "cuda_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script), "--collect-only"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listing, _, collected = done.stdout.partition("== agreement and CUDA-specific tests")
+    named = {line.split()[-1] for line in listing.splitlines()[1:]}
+    assert "test_graph_replays_count_adam_steps" in named
+    selected = {line.split("::")[-1].split("[")[0] for line in collected.splitlines() if "::" in line}
+    assert named <= selected, f"named but not run: {sorted(named - selected)}"
+
+
 def test_prepare_returns_a_checked_warm_step():
     prepared = prepare.prepare("numpy", grid.preset_problem("seed", "float32", "adam"), "seed")
     assert prepared.verdict.ok and 0 <= prepared.verdict.worst_ratio <= 1
