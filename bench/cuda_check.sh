@@ -5,6 +5,8 @@
 # that the GPU appears on the dashboard (make dashboard) beside the CPU machines.
 #
 #     bench/cuda_check.sh [TARGET]     TARGET: pytest-benchmark files or folder (default: bench)
+#     bench/cuda_check.sh --collect-only   list the CUDA-only code paths and the tests this script
+#                                          would run, without a GPU (the suite checks the selection)
 #
 # Installs nothing and needs no network: the project goes on PYTHONPATH. Environment:
 #   PYTHON             interpreter with numpy, torch, pytest, pytest-benchmark (default: python3)
@@ -19,6 +21,25 @@ PYTHON=${PYTHON:-python3}
 TARGET=${1:-bench}
 SELECT=${BENCH_SELECT:-seed or tutorial or large}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# Code that only runs on a CUDA device, so that no CPU machine's test run executes it: each line
+# names it, then the tests that run it. Every test named here runs below, with every test whose
+# id says cuda (the agreement of each CUDA entry among them).
+CUDA_ONLY='TorchGraphStep: capture and replay of the whole step           test_graph_replays_count_adam_steps
+_Adam with its step count in device tensors, advanced by replays  test_graph_replays_count_adam_steps
+_TorchStep.sync: waits for queued device work                     test_sync_waits_for_queued_device_work
+peak._measure_cuda and quick_gflops on cuda: the GPU GEMM peak    test_gemm_rates_count_two_flops_per_multiply_add'
+select="cuda$(printf '%s\n' "$CUDA_ONLY" | awk '{print " or " $NF}' | sort -u | tr -d '\n')"
+cuda_tests() {
+    echo "== CUDA-only code paths and the tests that run them"
+    printf '%s\n' "$CUDA_ONLY"
+    echo "== agreement and CUDA-specific tests: -k '$select'"
+    "$PYTHON" -m pytest tests -q -k "$select" -p no:cacheprovider "$@"
+}
+if [ "$TARGET" = "--collect-only" ]; then
+    cuda_tests --collect-only
+    exit
+fi
 
 "$PYTHON" -c '
 import impls
@@ -40,8 +61,7 @@ mkdir -p "$out"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
 echo "GPU: $gpu -> $out"
 
-echo "== agreement and CUDA-specific tests for the CUDA entries"
-"$PYTHON" -m pytest tests -q -k cuda -p no:cacheprovider
+cuda_tests
 agree=$?
 
 echo "== pytest-benchmark: $TARGET -k '$SELECT'"

@@ -1,5 +1,7 @@
 """Every implementation agrees with the float64 oracle, and the checker rejects wrong steps."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,14 @@ def test_agrees_with_oracle(name, preset, dtype, optimizer):
     agreement.assert_agrees(impls.create(name, p))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 13, 5, 3)])
+# Numba pads H and O to 4 rows with zeros, so at H = 5 or O = 3 a product's last inner term is
+# always a zero and a kernel that drops it still agrees. Below NT_MIN_K (32) y_pred and ga go
+# through the NN kernel with inner dimension H and O: these shapes make H, O or both a whole
+# number of tiles (N and D whole vectors, 16), so every inner term counts.
+ODD_SHAPES = [(1, 1, 1, 1), (7, 13, 5, 3), (16, 16, 8, 5), (16, 16, 6, 4), (16, 16, 8, 4)]
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=["x".join(map(str, shape)) for shape in ODD_SHAPES])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("name", impls.names())
@@ -103,6 +112,40 @@ def test_compare_flags_shape_dtype_and_nan():
     # Where the bound is zero only an exact match passes.
     assert agreement.compare("gw1", np.zeros((2, 2)), expected, np.zeros((2, 2))).ok
     assert not agreement.compare("gw1", np.full((2, 2), 1e-300), expected, np.zeros((2, 2))).ok
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_oracle_runs_in_float64_on_the_rounded_inputs(optimizer):
+    # An oracle run in the implementation's dtype would check float32 against float32 and agree trivially.
+    p = agreement.check_problem("seed", "float32", optimizer)
+    expected = agreement.oracle(p)
+    assert {v.dtype for v in expected.values.values()} == {np.dtype(np.float64)}
+    x, y, w1, w2 = (a.astype(np.float64) for a in impls.make_arrays(p))  # float32 numbers, widened exactly
+    diff = np.maximum(x @ w1, 0) @ w2 - y  # N,O
+    loss = math.fsum((diff * diff).ravel())
+    # Two float64 evaluations of the same sums differ by at most (D + H + N*O) float64 roundings of
+    # the loss carried out on absolute values; float32 arithmetic would be off by some 1e9 times more.
+    abs_diff = np.abs(x) @ np.abs(w1) @ np.abs(w2) + np.abs(y)
+    tol = (p.d + p.h + p.n * p.o) * np.finfo(np.float64).eps * np.sum(abs_diff * abs_diff)
+    assert abs(expected.values["loss"] - loss) <= tol
+
+
+@pytest.mark.parametrize(
+    ("dtype", "u"), [("float32", 2**-24 + 2**-53), ("float64", 2**-53 + 2**-53)], ids=["float32", "float64"]
+)
+def test_the_bound_of_a_product_is_lambda_u_sqrt_k_times_its_absolute_value(dtype, u):
+    # Pins the bound's size on exact inputs: ones(1, K) @ ones(K, 1) = K, every term 1. u is the
+    # dtype's unit roundoff plus float64's (the oracle rounds too); LAMBDA = 10 scales of independent
+    # rounding error; sqrt(K) because K independent errors add in quadrature.
+    k = 64
+    p = impls.Problem(n=1, d=k, h=1, o=1, dtype=dtype)
+    run = agreement._BoundedStep(p, impls.make_arrays(p))
+    assert run.u == u
+    ones = agreement.Bounded.exact
+    product = run.matmul(ones(np.ones((1, k))), ones(np.ones((k, 1))), k)
+    assert product.val == k
+    assert product.sd == pytest.approx(u * math.sqrt(k) * k, rel=4 * 2**-53, abs=0)  # a square and a square root
+    assert product.err == 10 * product.sd
 
 
 def test_adam_matches_torch_optim_adam():

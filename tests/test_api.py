@@ -10,6 +10,9 @@ import pytest
 
 import impls
 from impls import registry
+from impls.problem import validate_arrays
+
+from .conftest import require
 
 
 @pytest.mark.parametrize(
@@ -126,16 +129,51 @@ def test_inputs_are_copied_both_ways():
     assert not np.array_equal(step.weights()[0], originals[2])
 
 
-def test_fortran_and_strided_inputs_read_correctly():
-    p = impls.Problem(n=6, d=5, h=4, o=3)
+@pytest.mark.parametrize("name", impls.names())
+def test_inputs_changed_after_create_do_not_reach_the_step(name):
+    require(name)
+    p = impls.Problem(n=4, d=5, h=3, o=2)
     arrays = impls.make_arrays(p)
+    step = impls.create(name, p, arrays)
+    assert not any(np.shares_memory(mine, theirs) for mine in step.arrays for theirs in arrays)
+    loss, gw1, gw2 = step.loss_and_grads()
+    for a in arrays:
+        a[...] = 0  # with x and y zero, a step still reading them would report a loss of 0
+    again = step.loss_and_grads()
+    assert again[0] == loss
+    np.testing.assert_array_equal(again[1], gw1)
+    np.testing.assert_array_equal(again[2], gw2)
+
+
+def _fortran_and_strided(arrays):
     fortran = impls.Arrays(*(np.asfortranarray(a) for a in arrays))
     strided = impls.Arrays(*(np.repeat(a, 2, axis=1)[:, ::2] for a in arrays))
-    expected = impls.create("numpy", p, arrays).loss_and_grads()
-    for variant in (fortran, strided):
-        got = impls.create("numpy", p, variant).loss_and_grads()
-        assert got[0] == expected[0]
-        np.testing.assert_array_equal(got[1], expected[1])
+    return {"fortran": fortran, "strided": strided}
+
+
+def test_validated_arrays_are_c_contiguous_read_only_copies():
+    # Backends rely on C order: torch keeps a Fortran array's strides, and its products then round differently.
+    p = impls.Problem(n=6, d=5, h=4, o=3)
+    arrays = impls.make_arrays(p)
+    for label, variant in _fortran_and_strided(arrays).items():
+        for given, checked in zip(variant, validate_arrays(p, variant), strict=True):
+            assert checked.flags.c_contiguous and not checked.flags.writeable, label
+            assert not np.shares_memory(given, checked) and np.array_equal(given, checked), label
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", impls.names())
+def test_fortran_and_strided_inputs_read_correctly(name, dtype):
+    # At the seed size a Fortran-ordered x changes torch's (and, in float64, NumPy's) summation order.
+    require(name)
+    p = impls.Problem.preset("seed", dtype=dtype)
+    arrays = impls.make_arrays(p)
+    expected = impls.create(name, p, arrays).loss_and_grads()
+    for label, variant in _fortran_and_strided(arrays).items():
+        got = impls.create(name, p, variant).loss_and_grads()
+        assert got[0] == expected[0], label
+        np.testing.assert_array_equal(got[1], expected[1], err_msg=label)
+        np.testing.assert_array_equal(got[2], expected[2], err_msg=label)
 
 
 def test_run_returns_k_pre_update_losses():

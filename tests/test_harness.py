@@ -1,7 +1,8 @@
 """The timing harnesses' logic: the static grid, setup discipline, new registry entries, reports.
 
 Nothing here is timed: where the main job would time, bench.timing.measure is replaced by
-fixed samples, the GEMM peak and its quick recheck by constants, and the load average too.
+fixed samples, the GEMM peak and its quick recheck by constants, and the load average too;
+the timing code itself runs on fake clocks.
 """
 
 import dataclasses
@@ -29,6 +30,8 @@ from bench import (
     verdicts,
 )
 from impls import registry, threads
+
+from .conftest import require
 
 TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would register itself
 GHOST = "ghost:cpu"  # registered, but unavailable here
@@ -111,6 +114,96 @@ def test_prepare_skips_unavailable_with_the_reason(new_entries):
 def test_prepare_refuses_to_time_a_wrong_implementation(new_entries):
     with pytest.raises(prepare.Disagrees, match=f"{WRONG} DISAGREES"):
         prepare.prepare(WRONG, grid.preset_problem("seed", "float64", "sgd"), "seed")
+
+
+def test_prepare_refuses_a_failing_verdict_made_elsewhere():
+    # asv checks each problem once, in another process, and hands prepare the verdict.
+    failing = prepare.Verdict(False, 3.5, "numpy DISAGREES (a verdict from another process)")
+    asked = []
+    problem = grid.preset_problem("seed", "float64", "sgd")
+    with pytest.raises(prepare.Disagrees, match="a verdict from another process"):
+        prepare.prepare("numpy", problem, "seed", verdict=lambda *args: asked.append(args) or failing)
+    assert asked == [("numpy", problem)]
+
+
+class _QueuingStep:
+    """A stand-in device step: records each call, so a missing sync shows."""
+
+    def __init__(self):
+        self.calls = []
+
+    def step(self):
+        self.calls.append("step")
+
+    def sync(self):
+        self.calls.append("sync")
+
+
+def test_a_synced_call_waits_for_the_work_it_queued():
+    stub = _QueuingStep()
+    timed = prepare.synced(stub)
+    timed()
+    timed()
+    assert stub.calls == ["step", "sync", "step", "sync"] and timed.step is stub
+
+
+class _FakeClock:
+    """perf_counter for bench.timing that moves only when the timed call runs: 1/1024 s a call, exact in binary."""
+
+    PER_CALL = 2**-10
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def call(self):
+        self.now += self.PER_CALL
+
+
+def test_measure_reports_seconds_per_call_not_per_block(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(timing, "time", clock)  # this module's clock only
+    result = timing.measure(clock.call)
+    assert result.number > 1  # calls were grouped in blocks, so a block's time is not a call's
+    assert result.median == clock.PER_CALL and set(result.samples) == {clock.PER_CALL}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gemm_rates_count_two_flops_per_multiply_add(device, monkeypatch):
+    if device == "cuda":
+        require("torch:cuda")
+    monkeypatch.setattr(peak, "GEMM_SIZES", {**peak.GEMM_SIZES, device: (8, 16)})
+    monkeypatch.setattr(peak, "QUICK_SIZES", {**peak.QUICK_SIZES, device: 16})
+    monkeypatch.setattr(peak, "GEMM_REPEATS", 2)
+    products = []
+
+    def half_a_second(call):  # the product runs; the clock says it took 0.5 s
+        call()
+        products.append(call)
+        return 0.5
+
+    monkeypatch.setattr(peak, "_timed", half_a_second)
+    measure = peak._measure_cuda if device == "cuda" else peak._measure_cpu
+    # An n x n by n x n product is n^3 multiply-adds, 2 n^3 FLOPs; the best rate is the larger size's.
+    assert measure("float32") == 2 * 16**3 / 0.5 / 1e9
+    assert peak.quick_gflops("float32", device) == 2 * 16**3 / 0.5 / 1e9
+    assert len(products) == 2 * 2 + peak.QUICK_REPEATS
+
+
+def test_the_gpu_script_runs_the_tests_of_every_cuda_only_path():
+    # No CPU machine runs CUDA-only code: bench/cuda_check.sh is where its tests run, so what it
+    # selects is checked here, through its own --collect-only.
+    script = environment.REPO / "bench" / "cuda_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script), "--collect-only"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listing, _, collected = done.stdout.partition("== agreement and CUDA-specific tests")
+    named = {line.split()[-1] for line in listing.splitlines()[1:]}
+    assert "test_graph_replays_count_adam_steps" in named
+    selected = {line.split("::")[-1].split("[")[0] for line in collected.splitlines() if "::" in line}
+    assert named <= selected, f"named but not run: {sorted(named - selected)}"
 
 
 def test_prepare_returns_a_checked_warm_step():

@@ -134,3 +134,13 @@ def test_graph_replays_count_adam_steps(dtype):
     step = impls.create("torch:cuda:graph", agreement.check_problem("tutorial", dtype, "adam"))
     agreement.assert_agrees(step, steps=5)  # a count frozen at capture would miss the bias corrections
     assert step.adam.t.item() == 5
+
+
+@pytest.mark.parametrize("name", CUDA_NAMES)
+def test_sync_waits_for_queued_device_work(name):
+    require(name)
+    step = impls.create(name, impls.Problem.preset("seed"))
+    torch.cuda._sleep(200_000_000)  # a kernel that spins for some 0.1 s: still queued when sync is called
+    step.step()
+    step.sync()
+    assert torch.cuda.current_stream().query(), "sync returned with device work still queued"
