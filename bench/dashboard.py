@@ -74,7 +74,7 @@ def _matches(path: pathlib.Path, pinned: str | None) -> bool:
     return algorithm in hashlib.algorithms_available and integrity(path, algorithm) == pinned
 
 
-def _localize_tag(tag: str, html_dir: pathlib.Path) -> str:
+def _localize_tag(tag: str) -> str:
     attributes = {name.lower(): value for name, value in _ATTRIBUTE.findall(tag)}
     url = attributes.get("src") or attributes.get("href") or ""
     if url not in VENDORED:
@@ -105,7 +105,7 @@ def localize(html_dir: pathlib.Path) -> list[str]:
     for page in sorted(html_dir.glob("*.html")):
         text = page.read_text(encoding="utf-8")
         replaced += [url for url in VENDORED if url in text]
-        text = _TAG.sub(lambda m: _localize_tag(m.group(0), html_dir), text)
+        text = _TAG.sub(lambda m: _localize_tag(m.group(0)), text)
         left = [url for tag in _LOADING_TAG.findall(text) for url in _REMOTE.findall(tag)]
         if left:
             raise NotOffline(
@@ -127,12 +127,13 @@ def publish(config: pathlib.Path, html_dir: pathlib.Path | None = None, results_
         if results_dir is not None:
             paths["results_dir"] = str(results_dir.resolve())
         asv_scratch.write(config, target, **paths)
-        html = pathlib.Path(asv_scratch.resolved(target, "html_dir"))
+        html = asv_scratch.resolved(target, "html_dir")
         done = subprocess.run(
             [sys.executable, "-m", "asv", "publish", "--config", str(target)], capture_output=True, text=True
         )
     if done.returncode != 0:
-        raise cli.Fatal(f"asv publish failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise cli.Fatal(f"asv publish failed: {last[0]}")
     localize(html)
     return html, done.stdout + done.stderr
 
