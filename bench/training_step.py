@@ -90,12 +90,20 @@ class _StepBenchmarks:
 
 # The ratio tracks: 12 pairs of blocks of at least 20 ms, each block after a 0.12 s pause in which
 # OpenBLAS's threads, which spin for about 0.1 s after a call, go to sleep (bench.timing.alternate).
-# About 3.5 s per track at the CPU presets.
-PAIRS, BLOCK_S, SETTLE_S = 12, 0.02, 0.12
+# About 3.5 s per track at the CPU presets. One thread per library while they run: on a shared
+# machine whose other jobs hold a core, a step on two threads waits at every parallel region for
+# the thread that lost its core, and runs 2x to 1000x slower from one moment to the next (three
+# runs of unchanged code, README); a single thread only shares its core, and both sides of a
+# pair share alike.
+PAIRS, BLOCK_S, SETTLE_S, RATIO_THREADS = 12, 0.02, 0.12, 1
 
 
 def _alternate(first, second) -> list[tuple[float, float]]:
-    return timing.alternate(first, second, pairs=PAIRS, block_s=BLOCK_S, settle_s=SETTLE_S)
+    threads.apply(RATIO_THREADS)
+    try:
+        return timing.alternate(first, second, pairs=PAIRS, block_s=BLOCK_S, settle_s=SETTLE_S)
+    finally:
+        threads.apply()  # the budget again, for whatever this process times next
 
 
 class Presets(_StepBenchmarks):
@@ -112,8 +120,8 @@ class Presets(_StepBenchmarks):
         self._ready(_prepare(run, name, grid.preset_problem(preset, dtype, optimizer), preset))
 
     def track_time_vs_numpy(self, run, *params):
-        """The step's time over numpy's on the same problem, blocks of each alternated in one process:
-        1/speed-up, so that lower is faster. Drift between runs cancels in the ratio."""
+        """The step's time over numpy's on the same problem, one thread each, blocks of each alternated
+        in one process: 1/speed-up, so that lower is faster. Drift between runs cancels in the ratio."""
         # numpy's own row compares two numpy steps: the method's bias and noise floor.
         run, problem, preset = _parameter_set
         reference = _prepare(run, grid.REFERENCE, problem, preset, role="reference")
@@ -123,7 +131,8 @@ class Presets(_StepBenchmarks):
 
     def track_time_over_gemm(self, run, *params):
         """The step's time over the time its FLOPs take at the rate of a matrix product (1024^3 on the
-        CPU) alternated with it in one process: 1/(fraction of GEMM rate), so that lower is faster."""
+        CPU) alternated with it in one process, one thread each: 1/(fraction of GEMM rate), so that
+        lower is faster."""
         step = self.prepared.step
         product = peak.product(step.problem.dtype, grid.device(step.name))
         samples = _alternate(self.one_step, product)

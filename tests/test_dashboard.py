@@ -103,18 +103,21 @@ def published(tmp_path_factory):
 
 def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(published):
     _needs_chromium()
-    machines = sorted(p.parent for p in RESULTS.glob("*/machine.json"))
-    assert machines, "no committed asv results"
+    # Every machine with a committed run of the cell (a GPU machine may have only its CUDA entries).
+    expected = {p.parent.name: _expected_points(p.parent) for p in RESULTS.glob("*/machine.json")}
+    expected = {machine: points for machine, points in sorted(expected.items()) if points}
+    assert expected, "no committed asv run of numpy at seed, float32, SGD"
     with dashboard_browser.serve(published) as url, dashboard_browser.browser() as browser:
         browser.open(url + "index.html")
-        for machine_dir in machines:
-            selection = {"machine": machine_dir.name} | {
+        for machine, points in expected.items():
+            selection = {"machine": machine} | {
                 f"p-{name}": repr(value)
                 for name, value in zip(("implementation", "preset", "dtype", "optimizer"), CELL, strict=True)
             }
             browser.open(url + "index.html#" + BENCHMARK + "?" + urllib.parse.urlencode(selection))
             series = browser.graph_series()
-            assert [points for _, points in series] == [_expected_points(machine_dir)], (machine_dir.name, series)
+            # One line per environment (asv splits a machine's history where its library versions change).
+            assert sum(drawn for _, drawn in series) == points, (machine, series)
         browser.open(url + "index.html#regressions")
         assert browser.regression_rows() == dashboard.regressions(published)[1] > 0
         assert browser.blocked == []

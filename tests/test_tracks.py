@@ -158,3 +158,21 @@ def test_the_spread_between_runs_is_max_over_min_per_parameter_set_measured_in_a
     first = {("t", ("numpy",)): 1.0, ("t", ("numba",)): 2.0}
     second = {("t", ("numpy",)): 1.5, ("t", ("numba",)): 2.0, ("u", ()): 1.0}  # u: in one run only
     assert asv_spread.spreads([first, second]) == {"t": [pytest.approx(0.0), pytest.approx(0.5)]}
+
+
+def test_the_ratios_are_measured_on_one_thread_per_library_and_the_budget_comes_back(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from impls import threads
+
+    seen = []
+    monkeypatch.setattr(timing, "alternate", lambda first, second, **settings: seen.append(_blas_threads()) or [])
+    monkeypatch.setenv(threads.ENV, "2")
+
+    def _blas_threads():
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    threads.apply()
+    training_step._alternate(None, None)
+    assert seen == [{training_step.RATIO_THREADS}] == [{1}]
+    assert _blas_threads() == {2}
