@@ -273,7 +273,7 @@ def manual_grads(x, y, w1, w2):
     return loss, gw1, gw2
 
 
-def manual_sgd_step(x, y, w1, w2, lr):
+def manual_sgd_step(x, y, w1, w2, *, lr):
     """One SGD step on w1 and w2 in place; the pre-update loss."""
     loss, gw1, gw2 = manual_grads(x, y, w1, w2)
     # Not w.add_(g, alpha=-lr): inductor (torch 2.13, CPU) rewrites add(w, mm(a, b), alpha) into
@@ -284,7 +284,7 @@ def manual_sgd_step(x, y, w1, w2, lr):
     return loss
 
 
-def manual_adam_step(x, y, w1, w2, m1, m2, v1, v2, t, lr):
+def manual_adam_step(x, y, w1, w2, m1, m2, v1, v2, t, *, lr):
     """One Adam step in place, _Adam's device-counter arithmetic: t is a float64 tensor the step advances.
 
     t has shape (1,), not (): torch 2.13's torch.compile silently drops an in-place update of a
@@ -305,19 +305,26 @@ def manual_adam_step(x, y, w1, w2, m1, m2, v1, v2, t, lr):
     return loss
 
 
-# torch.compile's mode, chosen by measurement on the CPU (README, "torch.compile: the mode").
+# torch.compile's mode. On a shared 2-core VM, float32 SGD, alternating blocks of the two steps
+# in one process (bench.paired's interval): "max-autotune-no-cudagraphs" against "default" read
+# 1.007 [0.990, 1.020] at seed and was unsure (intervals over 0.5-2x, the machine loaded) at
+# tutorial and medium: no gain seen, so the default. "reduce-overhead" differs only on CUDA
+# (CUDA graphs), not measured here: torch:cuda:compile uses the default as well.
 COMPILE_MODE = "default"
 
 
-def _own_code(fn):
-    """A copy of `fn` with a code object of its own.
+def _own_code(fn, **keywords):
+    """A copy of `fn` with a code object of its own, its keyword-only arguments bound to `keywords`.
 
     Dynamo keeps compiled graphs per code object, with a limit (recompile_limit, 8) past which
-    it silently runs the function eagerly; every step object compiles its own copy, so no
-    number of shapes, dtypes or optimizers in one process can reach the limit or make one
-    step's graph generic over another's shape.
+    it stops compiling (an error under fullgraph=True); every step object compiles its own copy,
+    so no number of shapes, dtypes or optimizers in one process can reach the limit or make
+    one step's graph generic over another's shape. Not functools.partial: dynamo compiles
+    partials through one shared wrapper, whose graphs all count against one limit.
     """
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = keywords or None
+    return copy
 
 
 class TorchCompileStep(_TorchStep):
@@ -341,10 +348,10 @@ class TorchCompileStep(_TorchStep):
         if problem.optimizer == "adam":
             self.state = [torch.zeros_like(w) for w in (self.w1, self.w2, self.w1, self.w2)]  # m1, m2, v1, v2
             self.state.append(torch.zeros(1, dtype=torch.float64, device=self.device))  # t (see manual_adam_step)
-            self.step_fn = compile_(functools.partial(_own_code(manual_adam_step), lr=lr))
+            self.step_fn = compile_(_own_code(manual_adam_step, lr=lr))
         else:
             self.state = []
-            self.step_fn = compile_(functools.partial(_own_code(manual_sgd_step), lr=lr))
+            self.step_fn = compile_(_own_code(manual_sgd_step, lr=lr))
         self._compile()
 
     def _compile(self):
