@@ -27,7 +27,7 @@ import sys
 import time
 
 WARM_UP_S = 0.1  # as bench.prepare: JIT compilation and first-touch costs stay out of every timed block
-LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "threadpoolctl")
+LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib", "threadpoolctl")
 
 
 def _reply_channel():

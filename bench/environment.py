@@ -14,7 +14,7 @@ from impls import threads
 from . import machine as machine_identity
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "threadpoolctl")
+LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib", "threadpoolctl")
 
 
 cpu_model = machine_identity.cpu_model

@@ -49,6 +49,11 @@ class Result:
     iqr_ratio: float | None = None
     gflops: float | None = None
     peak_fraction: float | None = None
+    # Seconds paid once before timing (bench.prepare.Prepared): create (compilation included), the
+    # agreement check's calls, and their sum; None where this process had checked the problem already.
+    create_s: float | None = None
+    check_s: float | None = None
+    setup_s: float | None = None
 
     @property
     def dtype(self) -> str:
@@ -73,6 +78,7 @@ def measure(name: str, problem: impls.Problem, label: str, kind: str, preset: st
         result.status, result.reason = "diverged", str(why)
         return result
     result.agreement_worst_ratio = prepared.verdict.worst_ratio
+    result.create_s, result.check_s, result.setup_s = prepared.create_s, prepared.check_s, prepared.setup_s
     t = timing.measure(prepare.synced(prepared.step), budget_s=budget_s)
     try:
         prepare.assert_finite(prepared.step)
@@ -148,7 +154,7 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
         r = measure(name, problem, label, kind, preset, budget_s)
         results.append(r)
         if r.status == "ok":
-            outcome = f"{r.median_s * 1e6:12.1f} us/step  IQR/median {r.iqr_ratio:4.0%}"
+            outcome = f"{r.median_s * 1e6:12.1f} us/step  IQR/median {r.iqr_ratio:4.0%}  setup {_seconds(r.setup_s)}"
         else:
             outcome = f"{r.status}: {r.reason.splitlines()[0]}"
         print(
@@ -177,6 +183,10 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
         "wall_s": time.perf_counter() - start,
         "results": [dataclasses.asdict(r) for r in results],
     }
+
+
+def _seconds(s: float | None) -> str:
+    return "n/a" if s is None else f"{s:.2f} s"
 
 
 def _when(moment: str, text: str | None) -> str | None:

@@ -50,6 +50,14 @@ class Verdict:
 class Prepared:
     step: impls.Step
     verdict: Verdict
+    create_s: float | None = None  # impls.create: copies, JIT or torch.compile/jax.jit compilation, CUDA init
+    check_s: float | None = None  # the agreement check's calls (first-call costs, a few steps), oracle excluded;
+    # None when the verdict came from elsewhere or from an earlier check in this process
+
+    @property
+    def setup_s(self) -> float | None:
+        """What a user pays once per process before the first timed step: create and the first calls."""
+        return None if self.create_s is None or self.check_s is None else self.create_s + self.check_s
 
 
 def skip_reason(name: str, preset: str | None = None) -> str | None:
@@ -73,26 +81,39 @@ def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdic
     if reason is not None:
         raise Skip(reason)
     threads.apply()
+    start = time.perf_counter()
     step = impls.create(name, problem)
+    create_s = time.perf_counter() - start
     threads.apply()  # again, for a backend whose library was first imported by create
-    found = _check_once(step) if verdict is None else verdict(name, problem)
+    check_s = None
+    if verdict is None:
+        found, check_s = _check_once(step)
+    else:
+        found = verdict(name, problem)
     if not found.ok:
         raise Disagrees(found.report)
     warm_up(step)
     assert_finite(step)
-    return Prepared(step, found)
+    return Prepared(step, found, create_s, check_s)
 
 
 _checked: dict[tuple[str, impls.Problem], Verdict] = {}
 
 
-def _check_once(step: impls.Step) -> Verdict:
+def _check_once(step: impls.Step) -> tuple[Verdict, float | None]:
     """Check a fresh step, unless this process has already checked the same implementation on
-    the same problem (its inputs follow from the problem): the code and inputs are the same."""
+    the same problem (its inputs follow from the problem): the code and inputs are the same.
+
+    Also the seconds the check took, the oracle's run excluded (it is computed first, untimed,
+    and cached for the check): the step's first calls, where lazy initialisation shows.
+    """
     key = (step.name, step.problem)
-    if key not in _checked:
-        _checked[key] = Verdict.of(agreement.check(step))
-    return _checked[key]
+    if key in _checked:
+        return _checked[key], None
+    agreement.oracle(step.problem, step.arrays)
+    start = time.perf_counter()
+    _checked[key] = Verdict.of(agreement.check(step))
+    return _checked[key], time.perf_counter() - start
 
 
 def warm_up(step: impls.Step, seconds: float = WARM_UP_S) -> None:

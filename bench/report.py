@@ -53,12 +53,18 @@ def _cell_parts(r: dict, reference: dict | None):
     return us, r["gflops"], 100 * r["peak_fraction"], speedup
 
 
+def _setup(r: dict) -> str:
+    """Setup seconds (create, compilation included, and the first calls); older results.json have none."""
+    s = r.get("setup_s")
+    return "n/a" if s is None else f"{s:.2f}"
+
+
 def console(data: dict) -> str:
     """One table per dtype (and optimizer): rows implementations, columns presets; then the batch sweep."""
     ref_name = data["settings"]["reference"]
     skipped = _unavailable(data)
     lines = []
-    cell_w = 38  # 12 + 8 + 7 + 9 + 2 marks
+    cell_w = 46  # 12 + 8 + 7 + 9 + 8 + 2 marks
     for (dtype, optimizer), rows in sorted(_groups(data, "preset").items()):
         rows = {n: c for n, c in rows.items() if n not in skipped}
         if not rows:
@@ -68,10 +74,11 @@ def console(data: dict) -> str:
         peaks = ", ".join(f"{d} {p[dtype]:.1f}" for d, p in data["gemm_peak_gflops"].items())
         lines += [
             "",
-            f"{dtype}, {optimizer}: median us/step, GFLOP/s, % of GEMM peak ({peaks} GFLOP/s), speed-up over {ref_name}",
+            f"{dtype}, {optimizer}: median us/step, GFLOP/s, % of GEMM peak ({peaks} GFLOP/s), speed-up over {ref_name}, "
+            "setup seconds (create with any compilation, and the first calls; paid once per process)",
             f"{'':<{name_w}}" + "".join(f"{label:>{cell_w - 2}}  " for label in labels),
             f"{'implementation':<{name_w}}"
-            + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}  " * len(labels),
+            + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}{'setup s':>8}  " * len(labels),
         ]
         best = {label: _best(rows, label) for label in labels}
         for name, cells in rows.items():
@@ -86,7 +93,7 @@ def console(data: dict) -> str:
                     NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " "
                 )
                 xs = f"{x:.2f}x" if x is not None else "n/a"
-                text.append(f"{us:>12,.1f}{gf:>8.2f}{pct:>6.1f}%{xs:>9}{mark}")
+                text.append(f"{us:>12,.1f}{gf:>8.2f}{pct:>6.1f}%{xs:>9}{_setup(r):>8}{mark}")
             lines.append(f"{name:<{name_w}}" + "".join(text))
     sweep = _groups(data, "sweep")
     if sweep:
@@ -153,7 +160,9 @@ def markdown(data: dict, plot: str | None = None) -> str:
         "",
         "Each cell: median time per step, achieved GFLOP/s (matmul FLOPs of the step, `impls.flops`), "
         "the fraction of this machine's measured GEMM peak, and the speed-up over "
-        f"`{ref_name}` in the same run. **Bold**: fastest in its column; (!): IQR/median above "
+        f"`{ref_name}` in the same run, and the setup seconds paid once per process before the first timed step "
+        "(creating the step, with any JIT or graph compilation, and the agreement check's first calls). "
+        f"**Bold**: fastest in its column; (!): IQR/median above "
         f"{settings['noisy_iqr_ratio']:.0%}. Every timed implementation passed the agreement check first.",
         "",
         f"- machine: {env['machine']}, {env['cpu']}, {env['cores']} cores, {env['system']}",
@@ -186,7 +195,7 @@ def markdown(data: dict, plot: str | None = None) -> str:
                 time_text = f"**{us:,.1f} us**" if best[label] == name else f"{us:,.1f} us"
                 noisy = " (!)" if r["iqr_ratio"] > settings["noisy_iqr_ratio"] else ""
                 xs = f"{x:.2f}x" if x is not None else "n/a"
-                text.append(f"{time_text}{noisy}<br>{gf:.2f} GFLOP/s · {pct:.1f}% · {xs}")
+                text.append(f"{time_text}{noisy}<br>{gf:.2f} GFLOP/s · {pct:.1f}% · {xs} · setup {_setup(r)} s")
             out.append(f"| `{name}` | " + " | ".join(text) + " |")
     sweep = _groups(data, "sweep")
     if sweep:

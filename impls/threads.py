@@ -67,4 +67,15 @@ def describe() -> dict:
         record["torch"] = sys.modules["torch"].get_num_threads()
     if "numba" in sys.modules:
         record["numba"] = sys.modules["numba"].get_num_threads()
+    if "jax" in sys.modules:
+        record["jax"] = _xla_threads()
     return record
+
+
+def _xla_threads() -> int:
+    """XLA's CPU intra-op threads: XLA_FLAGS' intra_op_parallelism_threads (impls.jax_step sets it
+    to the budget where that is below the CPUs), else XLA's default, one per CPU."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.lstrip("-").startswith("intra_op_parallelism_threads="):
+            return int(flag.split("=", 1)[1])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -8,6 +8,8 @@ The registry picks a class and passes `device` ("cpu" or "cuda"):
                        with torch.relu, MSELoss(reduction="sum"), loss.backward(), torch.optim
     TorchGraphStep     TorchStep's whole step (forward, backward, update) captured once as a CUDA
                        graph and replayed per step
+    TorchCompileStep   the same manual step as one function through torch.compile (inductor),
+                       compiled in the constructor
 
 Importing this module does not initialise CUDA; creating a CUDA step does.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numpy as np
 import torch
@@ -31,12 +34,25 @@ DEVICES = ("cpu", "cuda")
 GRAPH_WARMUP_STEPS = 3
 
 
-def unavailable_reason(device: str = "cpu") -> str | None:
-    """Why steps on `device` cannot run here, or None; asks without creating a CUDA context."""
+def unavailable_reason(device: str = "cpu", compiled: bool = False) -> str | None:
+    """Why steps on `device` cannot run here, or None; asks without creating a CUDA context.
+
+    `compiled`: the step goes through torch.compile, whose CPU code is C++ that inductor
+    compiles with the first of torch._inductor.config.cpp.cxx it finds on PATH.
+    """
     if device == "cuda" and not torch.cuda.is_available():
         if torch.version.cuda is None and torch.version.hip is None:
             return f"CUDA not available: torch {torch.__version__} is built without CUDA"
         return "CUDA not available: no CUDA device found"
+    if compiled and device == "cpu":
+        from torch._inductor import config as inductor_config
+        from torch._inductor import cpp_builder, exc
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            wanted = [c for c in inductor_config.cpp.cxx if c is not None]
+            return f"torch.compile on the CPU needs a C++ compiler: none of {', '.join(wanted)} found on PATH"
     return None
 
 
@@ -242,6 +258,124 @@ class TorchGraphStep(TorchStep):
     def _step(self):
         self.graph.replay()
         return self.loss  # overwritten by the next replay; run() copies it on the device first
+
+
+def manual_grads(x, y, w1, w2):
+    """TorchStep._forward_backward as a function of its inputs, for torch.compile: loss, gw1, gw2."""
+    h = torch.mm(x, w1)  # N,H
+    a = torch.clamp(h, min=0)  # N,H   relu; its gradient is masked by h > 0 below
+    diff = torch.mm(a, w2) - y  # N,O   y_pred - y
+    loss = torch.sum(diff * diff)
+    g = 2 * diff  # N,O   dloss/dy_pred
+    gw2 = torch.mm(a.t(), g)  # H,O
+    gh = torch.mm(g, w2.t()) * (h > 0)  # N,H   ga with w2 before its update; relu'(0) = 0
+    gw1 = torch.mm(x.t(), gh)  # D,H
+    return loss, gw1, gw2
+
+
+def manual_sgd_step(x, y, w1, w2, *, lr):
+    """One SGD step on w1 and w2 in place; the pre-update loss."""
+    loss, gw1, gw2 = manual_grads(x, y, w1, w2)
+    # Not w.add_(g, alpha=-lr): inductor (torch 2.13, CPU) rewrites add(w, mm(a, b), alpha) into
+    # addmm and back into add + mm, losing alpha, so the weights move by g, not lr * g
+    # (pytorch/pytorch#167313). The agreement check caught it.
+    w1.sub_(lr * gw1)
+    w2.sub_(lr * gw2)
+    return loss
+
+
+def manual_adam_step(x, y, w1, w2, m1, m2, v1, v2, t, *, lr):
+    """One Adam step in place, _Adam's device-counter arithmetic: t is a float64 tensor the step advances.
+
+    t has shape (1,), not (): torch 2.13's torch.compile silently drops an in-place update of a
+    0-dim float64 CPU tensor argument (t.add_(1) neither reaches the caller nor the rest of
+    the graph), so the count would stay at 0 and 1 - b1^t would be 0.
+    """
+    loss, gw1, gw2 = manual_grads(x, y, w1, w2)
+    t.add_(1)
+    # Bias corrections in float64 (1 - 0.999^t in float32 is 1.3e-5 off at t = 1), then rounded
+    # once to the weights' dtype: a (1,)-shaped float64 operand would otherwise promote the update.
+    step_size = (lr / (1 - ADAM_BETA1**t)).to(w1.dtype)
+    correction2_sqrt = torch.sqrt(1 - ADAM_BETA2**t).to(w1.dtype)
+    for w, g, m, v in ((w1, gw1, m1, v1), (w2, gw2, m2, v2)):
+        m.lerp_(g, 1 - ADAM_BETA1)
+        v.mul_(ADAM_BETA2).addcmul_(g, g, value=1 - ADAM_BETA2)
+        denom = (torch.sqrt(v) / correction2_sqrt + ADAM_EPS) / step_size
+        w.addcdiv_(m, denom, value=-1)
+    return loss
+
+
+# torch.compile's mode. On a shared 2-core VM, float32 SGD, alternating blocks of the two steps
+# in one process (bench.paired's interval): "max-autotune-no-cudagraphs" against "default" read
+# 1.007 [0.990, 1.020] at seed and was unsure (intervals over 0.5-2x, the machine loaded) at
+# tutorial and medium: no gain seen, so the default. "reduce-overhead" differs only on CUDA
+# (CUDA graphs), not measured here: torch:cuda:compile uses the default as well.
+COMPILE_MODE = "default"
+
+
+def _own_code(fn, **keywords):
+    """A copy of `fn` with a code object of its own, its keyword-only arguments bound to `keywords`.
+
+    Dynamo keeps compiled graphs per code object, with a limit (recompile_limit, 8) past which
+    it stops compiling (an error under fullgraph=True); every step object compiles its own copy,
+    so no number of shapes, dtypes or optimizers in one process can reach the limit or make
+    one step's graph generic over another's shape. Not functools.partial: dynamo compiles
+    partials through one shared wrapper, whose graphs all count against one limit.
+    """
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = keywords or None
+    return copy
+
+
+class TorchCompileStep(_TorchStep):
+    """The manual step (forward, backward, update) as one torch.compile'd function, compiled in the constructor.
+
+    Static shapes (dynamic=False) and one graph (fullgraph=True, so a graph break is an error,
+    not a silent fallback). lr is a constant of the graph; Adam's count is a device tensor the
+    graph advances, as in TorchGraphStep. loss_and_grads is a second compiled function.
+    """
+
+    def __init__(self, problem, arrays, device: str = "cpu", compiled: bool = True, mode: str | None = None):
+        super().__init__(problem, arrays, device)
+        reason = unavailable_reason(device, compiled=True)  # `compiled` is the registry's option for it
+        if reason is not None:
+            raise RuntimeError(reason)
+        self.mode = COMPILE_MODE if mode is None else mode
+        self.w1, self.w2 = self._tensor(arrays.w1), self._tensor(arrays.w2)  # D,H ; H,O   updated in place
+        compile_ = functools.partial(torch.compile, fullgraph=True, dynamic=False, mode=self.mode)
+        self.grads_fn = compile_(_own_code(manual_grads))
+        lr = problem.lr
+        if problem.optimizer == "adam":
+            self.state = [torch.zeros_like(w) for w in (self.w1, self.w2, self.w1, self.w2)]  # m1, m2, v1, v2
+            self.state.append(torch.zeros(1, dtype=torch.float64, device=self.device))  # t (see manual_adam_step)
+            self.step_fn = compile_(_own_code(manual_adam_step, lr=lr))
+        else:
+            self.state = []
+            self.step_fn = compile_(_own_code(manual_sgd_step, lr=lr))
+        self._compile()
+
+    def _compile(self):
+        """Run both functions once on throwaway copies, so that inductor compiles here, not in a timed call."""
+        with torch.no_grad():
+            scratch = [t.clone() for t in (self.w1, self.w2, *self.state)]
+            self.grads_fn(self.x, self.y, *scratch[:2])
+            self.step_fn(self.x, self.y, *scratch)
+            self.sync()
+
+    @torch.no_grad()
+    def _step(self):
+        return self.step_fn(self.x, self.y, self.w1, self.w2, *self.state)
+
+    @torch.no_grad()
+    def loss_and_grads(self):
+        loss, gw1, gw2 = self.grads_fn(self.x, self.y, self.w1, self.w2)
+        return float(loss), self._host(gw1), self._host(gw2)
+
+    def weights(self):
+        return self._host(self.w1), self._host(self.w2)
+
+    def describe(self) -> dict:
+        return super().describe() | {"compile_mode": self.mode}
 
 
 class TwoLayerNet(nn.Module):

@@ -88,7 +88,7 @@ def test_unknown_name_lists_known_ones():
 
 
 def test_required_packages_are_every_backends_own_once_in_registry_order():
-    assert registry.required_packages() == ["numba", "torch"]
+    assert registry.required_packages() == ["numba", "torch", "jax"]
 
 
 def test_create_rejects_non_problem():
