@@ -63,7 +63,7 @@ bench-compare: $(STAMP)
 
 # asv in the current environment: machine info without questions, the full grid, the dashboard.
 asv-machine: $(STAMP)
-	$(ASV) machine --yes --machine $(MACHINE) > /dev/null
+	$(PY) -m bench.machine register > /dev/null
 
 asv-run: $(STAMP) asv-machine
 	$(ASV) run --python=same --set-commit-hash HEAD --machine $(MACHINE)
@@ -78,7 +78,7 @@ dashboard: $(STAMP)
 	$(PY) -m bench.asv_results results/asv
 	$(PY) -m bench.dashboard
 
-DASHBOARD_PAGE ?= training_step.Presets.track_time_vs_numpy?p-preset=%27tutorial%27&p-dtype=%27float32%27&p-optimizer=%27adam%27
+DASHBOARD_PAGE ?= training_step.Presets.time_step?p-implementation=%27numpy%27&p-preset=%27seed%27&p-dtype=%27float32%27
 dashboard-screenshot: dashboard
 	$(PY) -m bench.dashboard_browser --html-dir results/html --out docs/dashboard.png --page "$(DASHBOARD_PAGE)"
 

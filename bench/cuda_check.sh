@@ -73,7 +73,7 @@ if "$PYTHON" -c 'import asv' 2>/dev/null; then
     # Named like every machine's asv folder (bench/machine.py: host, CPU, cores, GPU).
     asv_machine=$("$PYTHON" -m bench.machine)
     echo "== asv: the CUDA entries -> results/asv/$asv_machine"
-    "$PYTHON" -m asv machine --yes --machine "$asv_machine" > /dev/null &&
+    "$PYTHON" -m bench.machine register > /dev/null &&
         "$PYTHON" -m asv run --python=same --set-commit-hash HEAD --machine "$asv_machine" -b "'torch:cuda" &&
         "$PYTHON" -m bench.asv_results results/asv &&
         "$PYTHON" -m bench.environment --save results/asv-environment

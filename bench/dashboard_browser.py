@@ -124,6 +124,12 @@ def browser(width: int = 1400, height: int = 900):
             page.on("pageerror", lambda error: found.errors.append(f"uncaught: {error}"))
             page.on("console", lambda message: message.type == "error" and found.errors.append(message.text))
             page.on("requestfailed", lambda request: found.errors.append(f"failed to load {request.url}"))
+            page.on(
+                "response",
+                lambda response: (
+                    response.status >= 400 and found.errors.append(f"HTTP {response.status}: {response.url}")
+                ),
+            )
             yield found
         finally:
             instance.close()

@@ -116,12 +116,43 @@ def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(publis
             }
             browser.open(url + "index.html#" + BENCHMARK + "?" + urllib.parse.urlencode(selection))
             series = browser.graph_series()
-            # One line per environment (asv splits a machine's history where its library versions change).
-            assert sum(drawn for _, drawn in series) == points, (machine, series)
+            # One line per environment (asv splits a machine's history where its library versions
+            # change). Under load asv can push a line twice when two of its loads overlap: a repeat
+            # must be identical, and counts once.
+            lines = dict(series)
+            assert all(lines[label] == drawn for label, drawn in series), (machine, series)
+            assert sum(lines.values()) == points, (machine, series)
         browser.open(url + "index.html#regressions")
         assert browser.regression_rows() == dashboard.regressions(published)[1] > 0
         assert browser.blocked == []
-        assert browser.errors == []
+        # asv's summary grid asks for a graph of every benchmark it knows, and has none of those
+        # without a committed result (a track added since the last run of a machine): those 404s
+        # are asv's own; any other failed load or error is the page's.
+        measured = _benchmarks_with_results()
+        expected_404 = re.compile(r"HTTP 404: .*/graphs/summary/([^/?]+)\.json\?")
+        unexpected = [
+            error
+            for error in browser.errors
+            if not (
+                (found := expected_404.match(error))
+                and found.group(1) not in measured
+                or error.startswith("Failed to load resource: the server responded with a status of 404")
+            )
+        ]
+        assert unexpected == []
+        assert sum(1 for error in browser.errors if expected_404.match(error)) == sum(
+            1 for error in browser.errors if error.startswith("Failed to load resource")
+        )  # each console 404 is one of the summaries above
+
+
+def _benchmarks_with_results() -> set[str]:
+    from asv import results as asv_results
+
+    names = set()
+    for path in RESULTS.glob("*/*.json"):
+        if path.name != "machine.json":
+            names |= set(asv_results.Results.load(str(path)).get_all_result_keys())
+    return names
 
 
 def test_the_scratch_configuration_publishes_where_it_is_told(tmp_path):
