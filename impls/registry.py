@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 
 from .problem import Problem, make_arrays, validate_arrays
 from .step import Step
@@ -33,6 +34,8 @@ _REGISTRY: dict[str, Entry] = {
     "torch:cuda": Entry("torch_step", "TorchStep", requires=("torch",), options={"device": "cuda"}),
     "torch:cuda:autograd": Entry("torch_step", "TorchAutogradStep", requires=("torch",), options={"device": "cuda"}),
     "torch:cuda:graph": Entry("torch_step", "TorchGraphStep", requires=("torch",), options={"device": "cuda"}),
+    "torch:cpu:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cuda:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cuda"}),
 }
 
 
@@ -71,16 +74,40 @@ def available(names=None) -> dict[str, str | None]:
     return {name: _reason(_entry(name)) for name in names}  # an unknown name is a ValueError
 
 
-def create(name: str, problem: Problem, arrays=None) -> Step:
-    """A fresh step of implementation `name` for `problem`, on private copies of `arrays`."""
+def _class(entry: Entry) -> type:
+    return getattr(importlib.import_module(f"{__package__}.{entry.module}"), entry.cls)
+
+
+def open_options(name: str) -> list[str]:
+    """The keyword options create() passes on to `name`'s class: those its entry does not fix.
+
+    Imports the backend; call it for an available name.
+    """
+    entry = _entry(name)
+    fixed = ("problem", "arrays", *entry.options)
+    return [p for p in inspect.signature(_class(entry)).parameters if p not in fixed]
+
+
+def create(name: str, problem: Problem, arrays=None, **options) -> Step:
+    """A fresh step of implementation `name` for `problem`, on private copies of `arrays`.
+
+    `options` are settings of the backend's class that the name leaves open (`ranks=` of the
+    data-parallel entries); one the class does not take, or one the name fixes, is a ValueError.
+    """
     entry = _entry(name)
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be an impls.Problem, got {type(problem).__name__}")
     reason = _reason(entry)
     if reason is not None:
         raise RuntimeError(f"{name} cannot run here: {reason}")
+    cls = _class(entry)
+    if options:
+        open_ = open_options(name)
+        for option in options:
+            if option not in open_:
+                takes = f"takes {', '.join(open_)}" if open_ else "takes none"
+                raise ValueError(f"option {option!r} is not one of {name}'s ({takes})")
     arrays = validate_arrays(problem, make_arrays(problem) if arrays is None else arrays)
-    module = importlib.import_module(f"{__package__}.{entry.module}")
-    step = getattr(module, entry.cls)(problem, arrays, **entry.options)
+    step = cls(problem, arrays, **entry.options, **options)
     step.name = name
     return step
