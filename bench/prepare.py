@@ -61,21 +61,22 @@ def skip_reason(name: str, preset: str | None = None) -> str | None:
     return reason
 
 
-def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdict=None) -> Prepared:
+def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdict=None, **options) -> Prepared:
     """A checked, warmed-up step ready to time; Skip, Disagrees or Diverged otherwise.
 
     By default the step itself is checked (agreement.check advances it by a few steps), once
-    per implementation and problem in this process;
+    per implementation, problem and options in this process;
     `verdict(name, problem) -> Verdict` supplies the outcome of a check made elsewhere on the
     same problem and inputs (asv checks each problem once per run, see bench.verdicts).
+    `options` go to impls.create (`ranks=` of a data-parallel entry).
     """
     reason = skip_reason(name, preset)
     if reason is not None:
         raise Skip(reason)
     threads.apply()
-    step = impls.create(name, problem)
+    step = impls.create(name, problem, **options)
     threads.apply()  # again, for a backend whose library was first imported by create
-    found = _check_once(step) if verdict is None else verdict(name, problem)
+    found = _check_once(step, options) if verdict is None else verdict(name, problem)
     if not found.ok:
         raise Disagrees(found.report)
     warm_up(step)
@@ -83,13 +84,13 @@ def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdic
     return Prepared(step, found)
 
 
-_checked: dict[tuple[str, impls.Problem], Verdict] = {}
+_checked: dict[tuple, Verdict] = {}
 
 
-def _check_once(step: impls.Step) -> Verdict:
-    """Check a fresh step, unless this process has already checked the same implementation on
-    the same problem (its inputs follow from the problem): the code and inputs are the same."""
-    key = (step.name, step.problem)
+def _check_once(step: impls.Step, options: dict | None = None) -> Verdict:
+    """Check a fresh step, unless this process has already checked the same implementation with
+    the same options on the same problem (its inputs follow from the problem): the code and inputs are the same."""
+    key = (step.name, step.problem, tuple(sorted((options or {}).items())))
     if key not in _checked:
         _checked[key] = Verdict.of(agreement.check(step))
     return _checked[key]

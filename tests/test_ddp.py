@@ -7,6 +7,7 @@ timeout, and end every process they start, also when they fail.
 
 import contextlib
 import gc
+import json
 import os
 import pathlib
 import signal
@@ -307,3 +308,27 @@ def test_ranks_default_to_the_thread_budget_with_one_thread_each(monkeypatch):
     assert torch.get_num_threads() == 2  # rank 0 computed with one thread and gave the caller's setting back
     monkeypatch.delenv(threads.ENV)
     threads.apply()
+
+
+def test_torchrun_on_one_node_two_processes(tmp_path):
+    """bench.ddp under torchrun, as a cluster user would start it: rank 0 writes every rank's environment."""
+    require(NAME)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
+    command += ["-m", "bench.ddp", "--presets", "seed", "--dtypes", "float32", "--budget", "0.05", "--out", str(out)]
+    done = subprocess.run(
+        command,
+        cwd=environment.REPO,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        start_new_session=True,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "ddp-torchrun.json").read_text())
+    assert [r["rank"] for r in data["ranks"]] == [0, 1]
+    assert all(r["environment"]["versions"]["torch"] for r in data["ranks"])
+    assert data["world_size"] == 2
+    (result,) = data["results"]
+    assert result["status"] == "ok" and result["agreement_worst_ratio"] <= 1 and result["median_s"] > 0
+
