@@ -196,18 +196,21 @@ if sys.argv[1] == "killed":
 
 
 @pytest.mark.parametrize(("end", "status"), [("normal", 0), ("exception", 1), ("killed", -signal.SIGKILL)])
-def test_no_worker_outlives_its_caller(end, status):
+def test_no_worker_outlives_its_caller(end, status, tmp_path):
     require(NAME)
-    done = subprocess.run(
-        [sys.executable, "-c", CALLER, end], capture_output=True, text=True, timeout=DEADLINE_S, cwd=environment.REPO
-    )
-    pids = [int(p) for p in done.stdout.split()]
+    out, err = tmp_path / "out", tmp_path / "err"
+    # Files, not pipes: a worker left behind would hold a pipe open and the wait would see no end.
+    with out.open("w") as stdout, err.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-c", CALLER, end], stdout=stdout, stderr=stderr, timeout=DEADLINE_S, cwd=environment.REPO
+        )
+    pids = [int(p) for p in out.read_text().split()]
     try:
-        assert done.returncode == status, done.stderr
+        assert done.returncode == status, err.read_text()
         assert len(pids) == 2
         assert wait_gone(pids) == []
         if end == "exception":
-            assert done.stderr.rstrip().endswith("RuntimeError: the caller failed")
+            assert err.read_text().rstrip().endswith("RuntimeError: the caller failed")
     finally:
         kill_all(pids)
 
@@ -217,14 +220,16 @@ def test_ctrl_c_of_the_main_job_ends_every_worker(tmp_path):
     require(NAME)
     env = {**os.environ, "STEPBENCH_CACHE": str(tmp_path / "cache"), threads.ENV: "2"}
     args = ["--implementations", NAME, "--presets", "seed", "--dtypes", "float32", "--no-sweep", "--budget", "60"]
-    job = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args, "--out", str(tmp_path / "out")],
-        cwd=environment.REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:  # a file: a worker left behind holding a pipe would block the wait
+        job = subprocess.Popen(
+            [sys.executable, "-m", "bench", *args, "--out", str(tmp_path / "out")],
+            cwd=environment.REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     seen: list[int] = []
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -234,7 +239,8 @@ def test_ctrl_c_of_the_main_job_ends_every_worker(tmp_path):
         assert seen, f"no worker appeared (status {job.poll()})"
         time.sleep(1.0)  # into the set-up or the timing: either must end the workers
         os.killpg(job.pid, signal.SIGINT)
-        err = job.communicate(timeout=DEADLINE_S)[1]
+        job.wait(timeout=DEADLINE_S)
+        err = log.read_text()
         assert job.returncode == 130, err
         assert err.splitlines()[-1] == "python -m bench: interrupted; earlier results are left as they were"
         assert "Traceback" not in err
