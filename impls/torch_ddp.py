@@ -207,7 +207,7 @@ class Replica:
         mine = torch.cat([self.local.w1.reshape(-1), self.local.w2.reshape(-1)])  # D*H + H*O
         theirs = mine.clone()
         self.world.broadcast(theirs)
-        differ = torch.tensor([0 if torch.equal(mine, theirs) else 1], device=mine.device)
+        differ = torch.tensor([0 if torch.equal(mine, theirs) else 1], device=mine.device)  # 1   workers that differ
         self.world.all_reduce(differ)
         if self.world.rank == 0 and int(differ) != 0:
             raise RanksFailed(f"{int(differ)} of {self.world.size - 1} workers hold other weights than rank 0")
@@ -217,7 +217,7 @@ def _send_problem(world: World, step_id: int, problem: Problem, arrays: Arrays) 
     """Rank 0: NEW, then the problem, both weights to all and each worker its rows."""
     blob = pickle.dumps(problem)
     world.message(NEW, step_id, len(blob))
-    world.broadcast(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+    world.broadcast(torch.frombuffer(bytearray(blob), dtype=torch.uint8))  # len(blob)
     ranges = row_ranges(problem.n, world.size)
     tensors = {k: torch.tensor(v) for k, v in arrays._asdict().items()}  # the inputs are read-only NumPy
     for name in ("w1", "w2"):
@@ -236,7 +236,7 @@ def _send_problem(world: World, step_id: int, problem: Problem, arrays: Arrays) 
 
 def _receive_problem(world: World, length: int) -> Replica:
     """A worker's side of _send_problem."""
-    blob = torch.empty(length, dtype=torch.uint8)
+    blob = torch.empty(length, dtype=torch.uint8)  # len(blob)
     world.broadcast(blob)
     problem = pickle.loads(blob.numpy().tobytes())
     _, d, h, o = problem.shape
@@ -529,7 +529,7 @@ class TorchDDPStep(Step):
 
     def run(self, k):
         k = _check_steps(k)
-        losses = torch.empty(k, dtype=self.replica.local.dtype, device=self.replica.local.device)
+        losses = torch.empty(k, dtype=self.replica.local.dtype, device=self.replica.local.device)  # k
         with _one_thread(), self.ranks.exchange() as w:
             w.message(STEP, self.step_id, k)
             for i in range(k):
@@ -556,8 +556,9 @@ class TorchDDPStep(Step):
 
     def describe(self) -> dict:
         record = self.replica.local.describe()
-        record.update(ranks=self.world_size, threads_per_rank=1 if self.device == "cpu" else None)
-        record["tf32"] = self.tf32
+        if self.device == "cpu":  # the calling process's setting outside the step's calls is not the step's
+            record["threads"] = 1
+        record.update(ranks=self.world_size, threads_per_rank=1 if self.device == "cpu" else None, tf32=self.tf32)
         return record
 
 
