@@ -611,7 +611,8 @@ def worker_main(argv: list[str]) -> int:
     try:
         serve(world)
     except RuntimeError as error:  # rank 0 went away or a collective failed: rank 0 reports it
-        print(f"impls.torch_ddp rank {rank}: {_first_line(error)}", file=sys.stderr)
+        if os.getppid() == parent:  # not when rank 0 has ended: asv ends its processes without atexit
+            print(f"impls.torch_ddp rank {rank}: {_first_line(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -192,10 +192,18 @@ if sys.argv[1] == "exception":
     raise RuntimeError("the caller failed")
 if sys.argv[1] == "killed":
     os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "killed-workers-stopped":  # they cannot notice their connections close: only the signal ends them
+    for pid in step.worker_pids():
+        os.kill(pid, signal.SIGSTOP)
+    os.kill(os.getpid(), signal.SIGKILL)
 """
 
+ENDS = [("normal", 0), ("exception", 1), ("killed", -signal.SIGKILL)]
+if sys.platform.startswith("linux"):  # the parent-death signal
+    ENDS.append(("killed-workers-stopped", -signal.SIGKILL))
 
-@pytest.mark.parametrize(("end", "status"), [("normal", 0), ("exception", 1), ("killed", -signal.SIGKILL)])
+
+@pytest.mark.parametrize(("end", "status"), ENDS)
 def test_no_worker_outlives_its_caller(end, status, tmp_path):
     require(NAME)
     out, err = tmp_path / "out", tmp_path / "err"
