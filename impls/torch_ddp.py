@@ -57,6 +57,7 @@ DEFAULT_TIMEOUT_S = 60.0
 IDLE_TIMEOUT = datetime.timedelta(days=7)
 START_POLL_S = 0.05
 START_S = 30.0  # beyond the timeout, for a worker to import torch on a busy machine
+PARENT_GONE_S = 1.0
 STOP_GRACE_S = 5.0  # a worker told to stop gets this long before it is killed
 
 # Control messages: int64 [command, step id, argument], broadcast from rank 0.
@@ -611,7 +612,10 @@ def worker_main(argv: list[str]) -> int:
     try:
         serve(world)
     except RuntimeError as error:  # rank 0 went away or a collective failed: rank 0 reports it
-        if os.getppid() == parent:  # not when rank 0 has ended: asv ends its processes without atexit
+        # Not when rank 0 has ended (asv ends its processes without atexit): its sockets close before
+        # it is gone, so give the parent-death signal time to arrive first.
+        time.sleep(PARENT_GONE_S)
+        if os.getppid() == parent:
             print(f"impls.torch_ddp rank {rank}: {_first_line(error)}", file=sys.stderr)
         return 1
     return 0
