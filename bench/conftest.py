@@ -20,6 +20,21 @@ BASELINE_MISMATCH = 2  # the exit status of a comparison that cannot be made, as
 REGRESSED = 1
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_parallel_workers_shared():
+    """The data-parallel configurations share their worker processes (impls.torch_ddp.shared_ranks):
+    starting them (importing torch in each) would otherwise be part of every configuration's set-up."""
+    import impls
+
+    if "torch:cpu:ddp" not in impls.names() or impls.available(["torch:cpu:ddp"])["torch:cpu:ddp"] is not None:
+        yield
+        return
+    from impls import torch_ddp
+
+    with torch_ddp.shared_ranks():
+        yield
+
+
 def pytest_configure(config):
     # Runs before pytest-benchmark reads its options (its pytest_configure is trylast).
     if config.getoption("benchmark_storage", None) == PLUGIN_DEFAULT_STORAGE:

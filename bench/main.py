@@ -1,10 +1,11 @@
 """`make bench`: check, then time every available implementation; print the tables, write results/latest/.
 
     python -m bench [--presets seed tutorial medium] [--dtypes float32 float64]
-                    [--optimizers sgd] [--implementations ...] [--no-sweep] [--out DIR]
+                    [--optimizers sgd] [--implementations ...] [--no-sweep] [--no-data-parallel] [--out DIR]
 
 Progress goes to stderr, the tables to stdout. results/latest/ (or --out) gets results.json
-(every measurement and the environment), report.md and scaling.png; it is written under a
+(every measurement and the environment), report.md, scaling.png and, where a data-parallel
+entry can run, ddp_scaling.png (bench.ddp: each rank count against numpy); it is written under a
 temporary name and swapped in at the end, so an interrupted run leaves the previous one.
 Settings are checked before anything is timed (bench.cli). Signs that the machine was busy
 (the load average, a cached GEMM peak a quick product disagrees with, the first timed cell
@@ -24,7 +25,7 @@ import time
 import impls
 from impls import threads
 
-from . import cli, environment, grid, load, peak, prepare, report, timing
+from . import cli, ddp, environment, grid, load, peak, prepare, report, timing
 
 DEFAULT_OUT = environment.REPO / "results" / "latest"
 DEFAULT_PRESETS = ("seed", "tutorial", "medium")
@@ -140,7 +141,7 @@ def repeat_first(case, first: Result, budget_s: float, warnings: list[str]) -> d
     return {"implementation": name, "label": label, "median_s": [first.median_s, again.median_s]}
 
 
-def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
+def run(names, presets, dtypes, optimizers, sweep, budget_s, data_parallel=True) -> dict:
     todo = list(cases(names, presets, dtypes, optimizers, sweep))
     warnings: list[str] = []
     budget = threads.budget()
@@ -165,6 +166,11 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
         )
     first = next((i for i, r in enumerate(results) if r.status == "ok"), None)
     repeat = None if first is None else repeat_first(todo[first], results[first], budget_s, warnings)
+    figures = None
+    if data_parallel and ddp.data_parallel_names(names):
+        print("data-parallel entries at each rank count, alternated with numpy:", file=sys.stderr, flush=True)
+        progress = lambda cell: print(f"  {ddp.progress_line(cell)}", file=sys.stderr, flush=True)  # noqa: E731
+        figures = ddp.figures(names, presets, dtypes, optimizers, sweep, progress)
     warn(warnings, _when("after the run", load.busy_warning(budget, own_threads=budget)))
     return {
         "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
@@ -182,6 +188,7 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s) -> dict:
         },
         "wall_s": time.perf_counter() - start,
         "results": [dataclasses.asdict(r) for r in results],
+        "data_parallel": figures,
     }
 
 
@@ -193,7 +200,7 @@ def _when(moment: str, text: str | None) -> str | None:
     return text and f"{moment}, {text}"
 
 
-OUTPUTS = ("results.json", "report.md", "scaling.png")
+OUTPUTS = ("results.json", "report.md", "scaling.png", "ddp_scaling.png")
 
 
 def write(data: dict, out: pathlib.Path) -> None:
@@ -211,7 +218,10 @@ def write(data: dict, out: pathlib.Path) -> None:
         plot = "scaling.png" if data["settings"]["sweep"] else None
         if plot:
             report.plot_scaling(data, tmp / plot)
-        (tmp / "report.md").write_text(report.markdown(data, plot=plot))
+        ranks_plot = "ddp_scaling.png" if report.has_rank_scaling(data) else None
+        if ranks_plot:
+            report.plot_rank_scaling(data, tmp / ranks_plot)
+        (tmp / "report.md").write_text(report.markdown(data, plot=plot, ranks_plot=ranks_plot))
     except BaseException:  # Ctrl-C included: no half-written folder is left beside the results
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -249,6 +259,12 @@ def main(argv=None) -> int:
         "--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)"
     )
     parser.add_argument(
+        "--no-data-parallel",
+        dest="data_parallel",
+        action="store_false",
+        help="skip the data-parallel entries' runs at each rank count (and ddp_scaling.png)",
+    )
+    parser.add_argument(
         "--budget", type=cli.non_negative_seconds, default=0.5, metavar="S", help="seconds of timing per configuration"
     )
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
@@ -258,9 +274,11 @@ def main(argv=None) -> int:
         if name not in impls.names():
             parser.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
     check_settings(names, args)
-    data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget)
+    data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget, args.data_parallel)
     print(report.console(data))
     write(data, args.out)
     written = ", ".join(name for name in OUTPUTS if (args.out / name).exists())
     print(f"\nwrote {args.out}/ ({written}) in {data['wall_s']:.0f} s", file=sys.stderr)
-    return 1 if any(r["status"] in ("disagrees", "diverged") for r in data["results"]) else 0
+    cells = (data["data_parallel"] or {}).get("cells", [])
+    failed = any(r["status"] in ("disagrees", "diverged") for r in [*data["results"], *cells])
+    return 1 if failed else 0

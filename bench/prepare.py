@@ -69,25 +69,26 @@ def skip_reason(name: str, preset: str | None = None) -> str | None:
     return reason
 
 
-def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdict=None) -> Prepared:
+def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdict=None, **options) -> Prepared:
     """A checked, warmed-up step ready to time; Skip, Disagrees or Diverged otherwise.
 
     By default the step itself is checked (agreement.check advances it by a few steps), once
-    per implementation and problem in this process;
+    per implementation, problem and options in this process;
     `verdict(name, problem) -> Verdict` supplies the outcome of a check made elsewhere on the
     same problem and inputs (asv checks each problem once per run, see bench.verdicts).
+    `options` go to impls.create (`ranks=` of a data-parallel entry).
     """
     reason = skip_reason(name, preset)
     if reason is not None:
         raise Skip(reason)
     threads.apply()
     start = time.perf_counter()
-    step = impls.create(name, problem)
+    step = impls.create(name, problem, **options)
     create_s = time.perf_counter() - start
     threads.apply()  # again, for a backend whose library was first imported by create
     check_s = None
     if verdict is None:
-        found, check_s = _check_once(step)
+        found, check_s = _check_once(step, options)
     else:
         found = verdict(name, problem)
     if not found.ok:
@@ -97,17 +98,18 @@ def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdic
     return Prepared(step, found, create_s, check_s)
 
 
-_checked: dict[tuple[str, impls.Problem], Verdict] = {}
+_checked: dict[tuple, Verdict] = {}
 
 
-def _check_once(step: impls.Step) -> tuple[Verdict, float | None]:
-    """Check a fresh step, unless this process has already checked the same implementation on
-    the same problem (its inputs follow from the problem): the code and inputs are the same.
+def _check_once(step: impls.Step, options: dict | None = None) -> tuple[Verdict, float | None]:
+    """Check a fresh step, unless this process has already checked the same implementation with
+    the same options on the same problem (its inputs follow from the problem): the code and
+    inputs are the same.
 
     Also the seconds the check took, the oracle's run excluded (it is computed first, untimed,
     and cached for the check): the step's first calls, where lazy initialisation shows.
     """
-    key = (step.name, step.problem)
+    key = (step.name, step.problem, tuple(sorted((options or {}).items())))
     if key in _checked:
         return _checked[key], None
     agreement.oracle(step.problem, step.arrays)

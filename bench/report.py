@@ -117,6 +117,7 @@ def console(data: dict) -> str:
                         mark = NOISY if r["iqr_ratio"] > data["settings"]["noisy_iqr_ratio"] else " "
                         text.append(f"{r['median_s'] * 1e6:>12,.1f} ({r['gflops']:>5.1f}){mark}")
                 lines.append(f"{name:<{name_w}}" + "".join(text))
+    lines += _data_parallel_lines(data, markdown=False)
     lines += [
         "",
         f"{BEST} fastest in its column   {NOISY} noisy: IQR/median above {data['settings']['noisy_iqr_ratio']:.0%}",
@@ -145,7 +146,7 @@ def console(data: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(data: dict, plot: str | None = None) -> str:
+def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None) -> str:
     """report.md: environment, GEMM peaks, the tables, skipped and failed implementations, the plot."""
     env, settings = data["environment"], data["settings"]
     ref_name = settings["reference"]
@@ -215,15 +216,20 @@ def markdown(data: dict, plot: str | None = None) -> str:
                 out.append(f"| `{name}` | " + " | ".join(text) + " |")
         if plot:
             out += ["", f"![time per step against FLOPs per step]({plot})"]
+    out += _data_parallel_lines(data, markdown=True)
+    if ranks_plot:
+        out += ["", f"![time per step against the number of ranks, strong and weak scaling]({ranks_plot})"]
     if skipped:
         out += ["", "## Not run here", ""] + [f"- `{n}`: {reason}" for n, reason in skipped.items()]
-    failed = [r for r in data["results"] if r["status"] in ("disagrees", "diverged")]
+    cells = (data.get("data_parallel") or {}).get("cells", [])
+    failed = [r for r in [*data["results"], *cells] if r["status"] in ("disagrees", "diverged")]
     if failed:
         out += ["", "## Failed, not timed"]
         for r in failed:
+            ranks = f" with {r['ranks']} ranks" if "ranks" in r else ""
             out += [
                 "",
-                f"`{r['implementation']}` at {r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}: "
+                f"`{r['implementation']}`{ranks} at {r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}: "
                 f"{r['status']}",
                 "",
                 "```",
@@ -299,3 +305,116 @@ def _duration_label(us: float, _pos=None) -> str:
         if us >= scale:
             return f"{us / scale:g} {unit}"
     return f"{us:g} us"
+
+
+def _data_parallel_lines(data: dict, markdown: bool) -> list[str]:
+    """Each data-parallel entry at each rank count: its time over numpy's (alternated blocks), and the
+    all-reduce's share of its step (torch's profiler); a table per entry and dtype."""
+    figures = data.get("data_parallel")  # older results.json have none
+    if not figures or not figures["cells"]:
+        return []
+    counts, ref = figures["ranks"], figures["reference"]
+    lines = []
+    if markdown:
+        lines += [
+            "",
+            "## Data-parallel entries at each rank count",
+            "",
+            f"Each cell: the step's time over `{ref}`'s ({figures['reference_threads']} threads) on the same "
+            f"problem, the median over {figures['pairs']} pairs of blocks alternated in one process (so the "
+            "machine's drift cancels; below 1x is faster), the step's median time, and the all-reduce's share "
+            f"of rank 0's time per step in torch's profiler ({figures['profiled_steps']} steps; the span "
+            "includes waiting for the slowest rank). W ranks run one thread each. `weak-R`: N = R x W rows.",
+        ]
+    for name in figures["implementations"]:
+        for dtype in sorted({c["problem"]["dtype"] for c in figures["cells"] if c["implementation"] == name}):
+            cells = {
+                (c["label"], c["ranks"]): c
+                for c in figures["cells"]
+                if c["implementation"] == name and c["problem"]["dtype"] == dtype
+            }
+            labels = list(dict.fromkeys(label for label, _ in cells))
+            if markdown:
+                head = [f"W={w}: x {ref}, us/step" for w in counts] + [f"all-reduce, W={w}" for w in counts]
+                lines += ["", f"`{name}`, {dtype}:", "", "| problem | " + " | ".join(head) + " |"]
+                lines.append("|---|" + "---:|" * len(head))
+            else:
+                lines += ["", f"{name}, {dtype}: time over {ref}'s (alternated), us/step, all-reduce share"]
+                lines.append(f"{'problem':<12}" + "".join(f"{f'W={w}':>30}" for w in counts))
+            for label in labels:
+                row = [cells.get((label, w)) for w in counts]
+                times = [_ratio_text(c, markdown) for c in row]
+                shares = [f"{c['all_reduce_share']:.0%}" if c and c["status"] == "ok" else "-" for c in row]
+                if markdown:
+                    lines.append(f"| {label} | " + " | ".join(times + shares) + " |")
+                else:
+                    lines.append(
+                        f"{label:<12}" + "".join(f"{t:>24}{sh:>6}" for t, sh in zip(times, shares, strict=True))
+                    )
+    return lines
+
+
+def _ratio_text(cell: dict | None, markdown: bool) -> str:
+    if cell is None:
+        return "-"
+    if cell["status"] != "ok":
+        return _failed_cell(cell)
+    return f"{cell['ratio']:.2f}x{'<br>' if markdown else ' '}{cell['step_s'] * 1e6:,.1f} us"
+
+
+def has_rank_scaling(data: dict) -> bool:
+    figures = data.get("data_parallel") or {}
+    return any(c["status"] == "ok" and c["kind"] in ("sweep", "weak") for c in figures.get("cells", []))
+
+
+def plot_rank_scaling(data: dict, path) -> None:
+    """ddp_scaling.png: time per step against ranks W; strong scaling (N fixed, the batch sweep) and
+    weak scaling (N = rows per rank x W), numpy's time on the same problems dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figures = data["data_parallel"]
+    cells = [c for c in figures["cells"] if c["status"] == "ok" and c["kind"] in ("sweep", "weak")]
+    name = figures["implementations"][0]
+    dtypes = sorted({c["problem"]["dtype"] for c in cells})
+    fig, axes = plt.subplots(len(dtypes), 2, figsize=(12.8, 4.8 * len(dtypes)), squeeze=False)
+    d, h, o = grid.SWEEP_SHAPE
+    for row, dtype in zip(axes, dtypes, strict=True):
+        for ax, kind, title in (
+            (row[0], "sweep", "strong scaling: N fixed"),
+            (row[1], "weak", "weak scaling: N per rank fixed"),
+        ):
+            mine = [
+                c for c in cells if c["kind"] == kind and c["problem"]["dtype"] == dtype and c["implementation"] == name
+            ]
+            for i, label in enumerate(dict.fromkeys(c["label"] for c in mine)):
+                points = sorted(
+                    (c["ranks"], c["step_s"] * 1e6, c["reference_s"] * 1e6) for c in mine if c["label"] == label
+                )
+                w, step_us, ref_us = zip(*points, strict=True)
+                text = f"N={int(label[1:])}" if kind == "sweep" else f"N={label.split('-')[1]} x W"
+                line = ax.plot(w, step_us, marker=MARKERS[i % len(MARKERS)], label=f"{text}: {name}")[0]
+                ax.plot(w, ref_us, ls="--", lw=1, color=line.get_color(), label=f"{text}: {figures['reference']}")
+            ax.set_yscale("log")
+            ax.set_xticks(figures["ranks"])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+            ax.set_xlabel("ranks W (one thread each)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_title(f"{title}, {dtype}, D={d}, H={h}, O={o}", fontsize=10)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_duration_label))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # log minor ticks would read 6x10^4
+            ax.legend(fontsize=7, loc="best")
+        row[0].set_ylabel("time per step, median")
+    env = data["environment"]
+    fig.suptitle(
+        f"{name} against the number of ranks, {env['machine']} ({env['cpu']}); dashed: "
+        f"{figures['reference']} with {figures['reference_threads']} threads on the same problem, "
+        "alternated with it. Lower is faster.",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -22,6 +22,7 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 
 from .problem import Problem, make_arrays, validate_arrays
 from .step import Step
@@ -55,6 +56,8 @@ _REGISTRY: dict[str, Entry] = {
     ),
     "jax:cpu": Entry("jax_step", "JaxStep", requires=("jax",), options={"device": "cpu"}),
     "jax:cuda": Entry("jax_step", "JaxStep", requires=("jax",), options={"device": "cuda"}),
+    "torch:cpu:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cpu"}),
+    "torch:cuda:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cuda"}),
 }
 
 
@@ -146,19 +149,43 @@ def available(names=None) -> dict[str, str | None]:
     return {name: _reason(_entry(name)) for name in names}  # an unknown name is a ValueError
 
 
-def create(name: str, problem: Problem, arrays=None) -> Step:
-    """A fresh step of implementation `name` for `problem`, on private copies of `arrays`."""
+def _class(entry: Entry) -> type:
+    """The entry's Step class: a built-in's from its module, a plugin's from its entry point."""
+    if entry.plugin is not None:
+        return _plugin_class(entry)[0]  # create() runs only for an available entry: the class loaded
+    return getattr(importlib.import_module(f"{__package__}.{entry.module}"), entry.cls)
+
+
+def open_options(name: str) -> list[str]:
+    """The keyword options create() passes on to `name`'s class: those its entry does not fix.
+
+    Imports the backend; call it for an available name.
+    """
+    entry = _entry(name)
+    fixed = ("problem", "arrays", *entry.options)
+    return [p for p in inspect.signature(_class(entry)).parameters if p not in fixed]
+
+
+def create(name: str, problem: Problem, arrays=None, **options) -> Step:
+    """A fresh step of implementation `name` for `problem`, on private copies of `arrays`.
+
+    `options` are settings of the backend's class that the name leaves open (`ranks=` of the
+    data-parallel entries); one the class does not take, or one the name fixes, is a ValueError.
+    """
     entry = _entry(name)
     if not isinstance(problem, Problem):
         raise ValueError(f"problem must be an impls.Problem, got {type(problem).__name__}")
     reason = _reason(entry)
     if reason is not None:
         raise RuntimeError(f"{name} cannot run here: {reason}")
+    cls = _class(entry)
+    if options:
+        open_ = open_options(name)
+        for option in options:
+            if option not in open_:
+                takes = f"takes {', '.join(open_)}" if open_ else "takes none"
+                raise ValueError(f"option {option!r} is not one of {name}'s ({takes})")
     arrays = validate_arrays(problem, make_arrays(problem) if arrays is None else arrays)
-    if entry.plugin is not None:
-        step = _plugin_class(entry)[0](problem, arrays)
-    else:
-        module = importlib.import_module(f"{__package__}.{entry.module}")
-        step = getattr(module, entry.cls)(problem, arrays, **entry.options)
+    step = cls(problem, arrays, **entry.options, **options)
     step.name = name
     return step

@@ -173,7 +173,8 @@ class TorchStep(_TorchStep):
 
     def __init__(self, problem, arrays, device: str = "cpu"):
         super().__init__(problem, arrays, device)
-        n, d, h, o = problem.shape
+        _, d, h, o = problem.shape
+        n = self.x.shape[0]  # the batch's rows this step holds: all of them, or a data-parallel rank's share
         empty = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
         self.w1, self.w2 = self._tensor(arrays.w1), self._tensor(arrays.w2)  # D,H ; H,O   updated in place
         self.h = empty(n, h)  # N,H
@@ -181,9 +182,12 @@ class TorchStep(_TorchStep):
         self.live = torch.empty(n, h, dtype=torch.bool, device=self.device)  # N,H   h > 0
         self.g = empty(n, o)  # N,O   y_pred - y, then 2 (y_pred - y)
         self.gh = empty(n, h)  # N,H   ga, then masked in place
-        self.gw1 = empty(d, h)  # D,H
-        self.gw2 = empty(h, o)  # H,O
-        self.loss = empty(())
+        # Gradients and loss are views of one buffer, so that a data-parallel rank sums all three
+        # with a single all_reduce (impls.torch_ddp).
+        self.reduced = empty(d * h + h * o + 1)  # D*H + H*O + 1
+        self.gw1 = self.reduced[: d * h].view(d, h)  # D,H
+        self.gw2 = self.reduced[d * h : -1].view(h, o)  # H,O
+        self.loss = self.reduced[-1]  # ()
         self.adam = None
         if problem.optimizer == "adam":
             self.adam = _Adam((self.w1, self.w2), problem.lr, self.ADAM_COUNTER_ON_DEVICE)
@@ -205,14 +209,19 @@ class TorchStep(_TorchStep):
         torch.mm(self.x.t(), self.gh, out=self.gw1)  # D,H
 
     @torch.no_grad()
-    def _eager_step(self):
-        self._forward_backward()
+    def _update(self):
+        """SGD or Adam on w1 and w2 in place, from self.gw1 and self.gw2."""
         weights, grads = (self.w1, self.w2), (self.gw1, self.gw2)
         if self.adam is not None:
             self.adam.update(weights, grads)
         else:
             for w, g in zip(weights, grads, strict=True):
                 w.add_(g, alpha=-self.problem.lr)
+
+    @torch.no_grad()
+    def _eager_step(self):
+        self._forward_backward()
+        self._update()
         return self.loss
 
     _step = _eager_step

@@ -12,3 +12,16 @@ def require(name: str) -> None:
     reason = AVAILABLE[name]
     if reason is not None:
         pytest.skip(f"{name} unavailable: {reason}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_parallel_workers_shared():
+    """The data-parallel steps of a test run share their worker processes (impls.torch_ddp.shared_ranks):
+    each would otherwise start its own, and a worker takes seconds to import torch."""
+    if AVAILABLE["torch:cpu:ddp"] is not None:
+        yield
+        return
+    from impls import torch_ddp
+
+    with torch_ddp.shared_ranks():
+        yield

@@ -19,6 +19,7 @@ import impls
 from bench import (
     agreement_worker,
     asv_results,
+    ddp,
     environment,
     grid,
     load,
@@ -70,7 +71,16 @@ def fake_timing(monkeypatch, quiet_machine):
         spread = 0.5 if step.problem.dtype == "float64" else 0.01  # float64 reads as noisy
         return timing.Timing([base * (1 - spread)] * 2 + [base] + [base * (1 + spread)] * 2, 1)
 
+    def alternate(first, second, **kwargs):
+        """The step of `first` against numpy's: W ranks take 100/W us (the twin's 50), numpy 100 us."""
+        step = first.step
+        calls.append(step.name)
+        base = 100e-6 / getattr(step, "world_size", 1) if step.name != TWIN else 50e-6
+        return [(base, 100e-6)] * 5
+
     monkeypatch.setattr(timing, "measure", measure)
+    monkeypatch.setattr(timing, "alternate", alternate)
+    monkeypatch.setattr(ddp, "collective_shares", lambda step: {"all_reduce": 0.25, "control": 0.05})
     return calls
 
 
@@ -288,7 +298,8 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
     out = tmp_path / "latest"
     out.mkdir()
     (out / "dynamics.md").write_text("another job's report")  # make dynamics writes beside make bench
-    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0"])
+    # Without the data-parallel runs (their own test below), so the set of files is the same everywhere.
+    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"])
     written = {p.name for p in out.iterdir()}
     assert written == {"results.json", "report.md", "scaling.png", "dynamics.md"}
     assert (out / "dynamics.md").read_text() == "another job's report"
@@ -311,9 +322,10 @@ def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timin
     monkeypatch.setattr(grid, "SWEEP_N", (64,))
     monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
     out = tmp_path / "latest"
-    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0"])
+    args = ["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"]
+    main.main(args)
     assert (out / "scaling.png").exists() and "scaling.png" in (out / "report.md").read_text()
-    main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
+    main.main([*args, "--no-sweep"])
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md"}
     assert "scaling.png" not in (out / "report.md").read_text()
 
@@ -515,3 +527,33 @@ def test_the_asv_scratch_configuration_points_at_this_checkout_from_its_own_fold
     assert resolved("results_dir") == (environment.REPO / ".asv" / "smoke" / "results").resolve()
     assert resolved("env_dir") == (environment.REPO / ".asv" / "env").resolve()
     assert not any(os.path.isabs(config[key]) for key in asv_scratch.PATH_KEYS)
+
+
+def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing, tmp_path, monkeypatch):
+    if impls.available(["torch:cpu:ddp"])["torch:cpu:ddp"] is not None:
+        pytest.skip("torch:cpu:ddp cannot run here")
+    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
+    monkeypatch.setattr(grid, "SWEEP_IDS", tuple(grid.sweep_id(n) for n in grid.SWEEP_N))
+    monkeypatch.setattr(ddp, "WEAK_ROWS_PER_RANK", (16,))
+    monkeypatch.setenv(threads.ENV, "2")
+    data = main.run(["numpy", "torch:cpu:ddp"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    figures = data["data_parallel"]
+    assert figures["ranks"] == [1, 2] and figures["implementations"] == ["torch:cpu:ddp"]
+    cells = {(c["label"], c["ranks"]): c for c in figures["cells"]}
+    assert set(cells) == {(label, w) for label in ("seed", "n00064", "n00128", "weak-16") for w in (1, 2)}
+    assert all(c["status"] == "ok" and c["agreement_worst_ratio"] <= 1 for c in cells.values())
+    assert cells["weak-16", 2]["problem"]["n"] == 32 and cells["seed", 2]["ratio"] == pytest.approx(0.5)
+    text = report.console(data)
+    assert "torch:cpu:ddp, float32: time over numpy's (alternated)" in text
+    seed_row = next(line for line in text.splitlines() if line.startswith("seed "))
+    assert "1.00x" in seed_row and "0.50x" in seed_row and "25%" in seed_row
+    out = tmp_path / "latest"
+    main.write(data, out)
+    assert (out / "ddp_scaling.png").stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "## Data-parallel entries at each rank count" in md and "](ddp_scaling.png)" in md
+    data_no_ddp = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    assert data_no_ddp["data_parallel"] is None
+    main.write(data_no_ddp, out)
+    assert not (out / "ddp_scaling.png").exists()  # no stale plot beside results it does not show
+    monkeypatch.delenv(threads.ENV)

@@ -1,0 +1,272 @@
+"""The data-parallel step measured: its ranks against numpy for `make bench`, and a torchrun entry point for clusters.
+
+    torchrun --nnodes N --nproc-per-node P [--rdzv-endpoint HOST:PORT --rdzv-id ID | --standalone] \\
+        -m bench.ddp [--presets seed tutorial medium] [--dtypes float32 float64] [--optimizers sgd]
+                     [--sweep] [--device cpu|cuda] [--budget S] [--out DIR]
+
+Under torchrun every process is one rank of torchrun's world (W = N x P). Rank 0 creates the
+data-parallel step over all of them (torch:cpu:ddp, or torch:cuda:ddp with one GPU per rank),
+checks it against the float64 oracle, times it and profiles it; the other ranks follow it in
+lockstep (impls.torch_ddp.serve). Rank 0 writes DIR/ddp-torchrun.json (default results/latest):
+the results and every rank's environment (host, CPU, threads, library versions).
+
+In `make bench` (bench.main), `figures()` times each data-parallel entry at W = 1 ... the thread
+budget against numpy on the same problem, in alternated blocks (bench.timing.alternate, so a
+machine's drift cancels in the ratio), profiles the all-reduce's share of the step, and
+measures strong scaling (N fixed) and weak scaling (N per rank fixed) for ddp_scaling.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import impls
+from impls import registry, threads
+
+from . import cli, environment, grid, prepare, timing
+
+PAIRS = 15  # alternated block pairs per ratio, as the asv ratio tracks
+PROFILED_STEPS = 20
+WEAK_ROWS_PER_RANK = (1024, 4096)  # weak scaling: N = this x W, at the sweep's D, H, O
+
+
+def data_parallel_names(names) -> list[str]:
+    """The names among `names` whose steps take a rank count, and can run here."""
+    return [n for n in names if prepare.skip_reason(n) is None and "ranks" in registry.open_options(n)]
+
+
+def rank_counts(budget: int) -> list[int]:
+    """1, 2, 4, ... up to the thread budget, and the budget itself."""
+    counts, w = [], 1
+    while w < budget:
+        counts.append(w)
+        w *= 2
+    return [*counts, budget]
+
+
+def collective_shares(step: impls.Step, steps: int = PROFILED_STEPS) -> dict[str, float]:
+    """The fraction of rank 0's time per step spent in each collective, from torch's profiler.
+
+    A collective's span runs from its start on rank 0 to its completion, so it includes waiting
+    for the slowest rank to arrive: for the all-reduce, the other ranks' compute beyond rank 0's.
+    "control" is the broadcast that tells the workers what to do.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step.step()
+            step.sync()
+        wall_us = (time.perf_counter() - start) * 1e6
+    totals = {"all_reduce": 0.0, "control": 0.0}
+    for event in prof.key_averages():
+        if event.key.endswith(":all_reduce"):
+            totals["all_reduce"] += event.cpu_time_total
+        elif event.key.endswith(":broadcast"):
+            totals["control"] += event.cpu_time_total
+    return {k: v / wall_us for k, v in totals.items()}
+
+
+@dataclasses.dataclass
+class Cell:
+    """One data-parallel entry at one rank count on one problem, against numpy on the same problem."""
+
+    implementation: str
+    ranks: int
+    label: str  # preset, sweep id, or weak-<rows per rank>
+    kind: str  # preset | sweep | weak
+    problem: dict
+    status: str  # ok | skipped | disagrees | diverged
+    reason: str = ""
+    agreement_worst_ratio: float | None = None
+    step_s: float | None = None  # median of the step's blocks
+    reference_s: float | None = None  # median of numpy's blocks, alternated with them
+    ratio: float | None = None  # median over pairs of step / numpy: below 1 is faster than numpy
+    all_reduce_share: float | None = None
+    control_share: float | None = None
+
+
+def _cell(name, ranks, label, kind, problem, preset) -> Cell:
+    cell = Cell(name, ranks, label, kind, dataclasses.asdict(problem), "ok")
+    try:
+        prepared = prepare.prepare(name, problem, preset, ranks=ranks)
+        reference = prepare.prepare(grid.REFERENCE, problem, preset)
+    except (prepare.Skip, prepare.Disagrees, prepare.Diverged) as why:
+        cell.status = {prepare.Skip: "skipped", prepare.Disagrees: "disagrees"}.get(type(why), "diverged")
+        cell.reason = str(why)
+        return cell
+    cell.agreement_worst_ratio = prepared.verdict.worst_ratio
+    pairs = timing.alternate(prepare.synced(prepared.step), prepare.synced(reference.step), pairs=PAIRS)
+    cell.step_s = timing.Timing([a for a, _ in pairs], 1).median
+    cell.reference_s = timing.Timing([b for _, b in pairs], 1).median
+    cell.ratio = timing.median_ratio(pairs)
+    shares = collective_shares(prepared.step)
+    cell.all_reduce_share, cell.control_share = shares["all_reduce"], shares["control"]
+    prepare.assert_finite(prepared.step)
+    return cell
+
+
+def figures(names, presets, dtypes, optimizers, sweep: bool, progress=None) -> dict:
+    """Every data-parallel entry in `names` at each rank count, on the presets, the sweep and the weak-scaling sizes."""
+    from impls import torch_ddp
+
+    selected = data_parallel_names(names)
+    counts = rank_counts(threads.budget())
+    problems = [(p, "preset", p, grid.preset_problem(p, d, o)) for p in presets for d in dtypes for o in optimizers]
+    if sweep:
+        problems += [(n_id, "sweep", None, grid.sweep_problem(n_id, d)) for n_id in grid.SWEEP_IDS for d in dtypes]
+    cells = []
+    for name in selected:
+        with torch_ddp.shared_ranks():  # one set of workers per rank count for all of this entry's cells
+            for ranks in counts:
+                todo = list(problems)
+                if sweep:
+                    d, h, o = grid.SWEEP_SHAPE
+                    for rows in WEAK_ROWS_PER_RANK:
+                        for dtype in dtypes:
+                            base = grid.sweep_problem(grid.SWEEP_IDS[0], dtype)
+                            todo.append((f"weak-{rows}", "weak", None, base.replace(n=rows * ranks)))
+                for label, kind, preset, problem in todo:
+                    cell = _cell(name, ranks, label, kind, problem, preset)
+                    cells.append(cell)
+                    if progress:
+                        progress(cell)
+    return {
+        "implementations": selected,
+        "ranks": counts,
+        "reference": grid.REFERENCE,
+        "reference_threads": threads.budget(),
+        "pairs": PAIRS,
+        "profiled_steps": PROFILED_STEPS,
+        "weak_rows_per_rank": list(WEAK_ROWS_PER_RANK),
+        "cells": [dataclasses.asdict(c) for c in cells],
+    }
+
+
+def progress_line(cell: Cell) -> str:
+    if cell.status != "ok":
+        return f"{cell.implementation} W={cell.ranks} {cell.label}: {cell.status}: {cell.reason.splitlines()[0]}"
+    return (
+        f"{cell.implementation} W={cell.ranks} {cell.label:<11} {cell.problem['dtype']}: "
+        f"{cell.step_s * 1e6:10.1f} us/step, {cell.ratio:5.2f}x numpy's time, "
+        f"all-reduce {cell.all_reduce_share:4.0%} of the step"
+    )
+
+
+# torchrun entry point ------------------------------------------------------------------------
+
+
+def _rank_environment(rank: int, local_rank: int) -> dict:
+    return {
+        "rank": rank,
+        "local_rank": local_rank,
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "environment": environment.machine(),
+    }
+
+
+def torchrun_main(argv=None) -> int:
+    import torch.distributed as dist
+
+    from impls import torch_ddp
+
+    parser = cli.Parser(prog="python -m bench.ddp", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=("seed", "tutorial", "medium"), choices=grid.PRESETS)
+    parser.add_argument("--dtypes", nargs="+", default=grid.DTYPES, choices=grid.DTYPES)
+    parser.add_argument("--optimizers", nargs="+", default=("sgd",), choices=grid.OPTIMIZERS)
+    parser.add_argument("--sweep", action="store_true", help="also the batch sweep")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--budget", type=cli.non_negative_seconds, default=0.5, metavar="S")
+    parser.add_argument("--out", type=pathlib.Path, default=environment.REPO / "results" / "latest")
+    args = parser.parse_args(argv)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise cli.Fatal("run it under torchrun: torchrun --nnodes N --nproc-per-node P -m bench.ddp ...")
+    name = f"torch:{args.device}:ddp"
+    # Availability on one GPU is torchrun's business here: W counts ranks, not this host's GPUs.
+    device_reason = torch_ddp._device_reason(args.device)
+    if device_reason is not None:
+        raise cli.Fatal(f"{name} cannot run here: {device_reason}")
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if args.device == "cpu":
+        os.environ[threads.ENV] = "1"  # one thread per rank, as for torch:cpu:ddp
+        threads.apply(1)
+    if rank == 0:
+        cli.check_out_dir(args.out)
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore("stepbench", store)
+    world = torch_ddp.World.join(store, rank, size, args.device, torch_ddp.env_timeout_s(), one_host=False)
+    store.set(f"environment/{rank}", json.dumps(_rank_environment(rank, local_rank)))
+    if rank != 0:
+        torch_ddp.serve(world)
+        return 0
+    try:
+        results = []
+        problems = [
+            (p, grid.preset_problem(p, d, o)) for p in args.presets for d in args.dtypes for o in args.optimizers
+        ]
+        if args.sweep:
+            problems += [(n_id, grid.sweep_problem(n_id, d)) for n_id in grid.SWEEP_IDS for d in args.dtypes]
+        for label, problem in problems:
+            results.append(_torchrun_result(name, label, problem, world, args.budget))
+            r = results[-1]
+            outcome = f"{r['median_s'] * 1e6:10.1f} us/step" if r["status"] == "ok" else r["status"]
+            print(
+                f"{name} W={size} {label} {problem.dtype} {problem.optimizer}: {outcome}", file=sys.stderr, flush=True
+            )
+        ranks = [json.loads(store.get(f"environment/{r}")) for r in range(size)]
+    finally:
+        world.message(torch_ddp.SHUTDOWN)
+    data = {
+        "implementation": name,
+        "world_size": size,
+        "launcher": "torchrun",
+        "git": environment.git_state(),
+        "ranks": ranks,
+        "budget_s": args.budget,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "ddp-torchrun.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)
+    return 1 if any(r["status"] != "ok" for r in results) else 0
+
+
+def _torchrun_result(name, label, problem, world, budget_s) -> dict:
+    from impls import agreement
+
+    result = {"label": label, "problem": dataclasses.asdict(problem), "status": "ok"}
+    checked = impls.create(name, problem, world=world)
+    report = agreement.check(checked)
+    checked.close()
+    result["agreement_worst_ratio"] = report.worst_ratio
+    if not report.ok:
+        result.update(status="disagrees", reason=str(report))
+        return result
+    step = impls.create(name, problem, world=world)
+    try:
+        prepare.warm_up(step)
+        t = timing.measure(prepare.synced(step), budget_s=budget_s)
+        result.update(median_s=t.median, iqr_ratio=t.iqr_ratio, samples_s=t.samples, number=t.number)
+        result.update(collective_shares(step))
+        prepare.assert_finite(step)
+    except prepare.Diverged as why:
+        result.update(status="diverged", reason=str(why))
+    finally:
+        step.close()
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run("python -m bench.ddp", torchrun_main))
