@@ -44,11 +44,12 @@ bench: $(STAMP)
 
 # Both harnesses on the smallest problems, each timed body run once, so they cannot rot. asv runs
 # with a copy of asv.conf.json whose results go to .asv/ (ignored): a test run leaves the checkout clean.
+# STEPBENCH_SMOKE=1: the ratio tracks take one pair of blocks, without pauses (3.5 s each otherwise).
 bench-smoke: $(STAMP) asv-machine
 	$(PY) -m pytest bench -q --benchmark-disable -k "seed or n00064"
 	$(PY) -m bench.asv_scratch asv.conf.json $(ASV_SCRATCH)
 	$(ASV) check --python=same --config $(ASV_SCRATCH)
-	$(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
+	STEPBENCH_SMOKE=1 $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
 
 # HEAD against BASE, both measured now, paired and interleaved: exit 1 when a cell is confidently slower.
 compare: $(STAMP)
