@@ -34,7 +34,7 @@ from jax._src import xla_bridge  # backends_are_initialized: no public equivalen
 
 from . import threads
 from .problem import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
-from .step import Step, _check_steps
+from .step import Step, _check_steps, require_device
 
 DEVICES = ("cpu", "cuda")
 
@@ -101,11 +101,7 @@ class JaxStep(Step):
 
     def __init__(self, problem, arrays, device: str = "cpu"):
         super().__init__(problem, arrays)
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-        reason = unavailable_reason(device)
-        if reason is not None:
-            raise RuntimeError(reason)
+        require_device(device, DEVICES, unavailable_reason)
         threads.apply()  # BLAS pools of the process; XLA's own are sized by XLA_FLAGS (see above)
         self.device = jax.devices(device)[0]
         # A fresh context per use: jax.enable_x64(flag) is a one-shot context manager.

@@ -48,6 +48,16 @@ class Step(abc.ABC):
         """Wait for queued device work; host backends have none."""
 
 
+def require_device(device: str, devices, unavailable_reason) -> None:
+    """ValueError for a device the backend does not know, RuntimeError with the reason for one it
+    cannot use here: what a device backend checks before it allocates anything."""
+    if device not in devices:
+        raise ValueError(f"device must be one of {', '.join(devices)}; got {device!r}")
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(reason)
+
+
 def _check_steps(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import threads
 from .problem import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
-from .step import Step, _check_steps
+from .step import Step, _check_steps, require_device
 
 DEVICES = ("cpu", "cuda")
 # Eager steps run on a side stream before capture, so that cuBLAS handles and workspaces
@@ -72,11 +72,7 @@ class _TorchStep(Step):
 
     def __init__(self, problem, arrays, device: str = "cpu"):
         super().__init__(problem, arrays)
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-        reason = unavailable_reason(device)
-        if reason is not None:
-            raise RuntimeError(reason)
+        require_device(device, DEVICES, unavailable_reason)
         threads.apply()  # torch.set_num_threads follows the suite's budget
         self.device = torch.device(device)
         self.dtype = getattr(torch, problem.dtype)
