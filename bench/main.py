@@ -55,6 +55,7 @@ class Result:
     create_s: float | None = None
     check_s: float | None = None
     setup_s: float | None = None
+    details: dict = dataclasses.field(default_factory=dict)  # step.describe(): device, threads, choices made at create
 
     @property
     def dtype(self) -> str:
@@ -80,6 +81,7 @@ def measure(name: str, problem: impls.Problem, label: str, kind: str, preset: st
         return result
     result.agreement_worst_ratio = prepared.verdict.worst_ratio
     result.create_s, result.check_s, result.setup_s = prepared.create_s, prepared.check_s, prepared.setup_s
+    result.details = prepared.step.describe()
     t = timing.measure(prepare.synced(prepared.step), budget_s=budget_s)
     try:
         prepare.assert_finite(prepared.step)

@@ -38,7 +38,7 @@ def sweep_case(request):
 
 
 def _record(benchmark, prepared: prepare.Prepared) -> None:
-    """extra_info: FLOPs, GFLOP/s and fraction of this machine's GEMM peak, thread budget, agreement."""
+    """extra_info: FLOPs, GFLOP/s and fraction of this machine's GEMM peak, thread budget, agreement, the step's details."""
     step = prepared.step
     flops = impls.flops(step.problem)
     benchmark.extra_info.update(
@@ -47,6 +47,7 @@ def _record(benchmark, prepared: prepare.Prepared) -> None:
         flops=flops,
         thread_budget=threads.budget(),
         agreement_worst_ratio=prepared.verdict.worst_ratio,
+        details=step.describe(),  # device, threads, choices made at create (numba:blas's plan)
     )
     if benchmark.stats is not None:  # None with --benchmark-disable
         gflops = flops / benchmark.stats.stats.median / 1e9

@@ -47,6 +47,10 @@ class Step(abc.ABC):
     def sync(self) -> None:
         """Wait for queued device work; host backends have none."""
 
+    def describe(self) -> dict:
+        """What results record about how this step runs (device, threads, choices made at create)."""
+        return {}
+
 
 def require_device(device: str, devices, unavailable_reason) -> None:
     """ValueError for a device the backend does not know, RuntimeError with the reason for one it
