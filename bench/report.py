@@ -216,6 +216,7 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
                 out.append(f"| `{name}` | " + " | ".join(text) + " |")
         if plot:
             out += ["", f"![time per step against FLOPs per step]({plot})"]
+    out += _plan_lines(data)
     out += _data_parallel_lines(data, markdown=True)
     if ranks_plot:
         out += ["", f"![time per step against the number of ranks, strong and weak scaling]({ranks_plot})"]
@@ -305,6 +306,40 @@ def _duration_label(us: float, _pos=None) -> str:
         if us >= scale:
             return f"{us / scale:g} {unit}"
     return f"{us:g} us"
+
+
+def _plan_lines(data: dict) -> list[str]:
+    """report.md's table of the plans chosen at create (numba:blas: each product by BLAS or the loops,
+    on how many threads, and the layout), with the trials behind each choice."""
+    rows = [r for r in data["results"] if r["status"] == "ok" and (r.get("details") or {}).get("plan")]
+    if not rows:
+        return []
+    columns = list(rows[0]["details"]["plan"])
+    out = [
+        "",
+        "## Plans chosen at create",
+        "",
+        "Each product by BLAS or by the loops, with its threads; the layout of the buffers. In brackets, "
+        "the trial behind a choice: time with the loops over time with BLAS, or batch-major over "
+        "feature-major (only what was tried).",
+        "",
+        "| implementation | problem | " + " | ".join(columns) + " | chosen |",
+        "|---|---|" + "---|" * len(columns) + "---|",
+    ]
+    for r in rows:
+        d = r["details"]
+        cells = []
+        for column in columns:
+            threads = d["threads"].get(column)
+            trial = d.get("trials", {}).get(column)
+            cells.append(
+                str(d["plan"].get(column, ""))
+                + (f" ({threads})" if threads is not None else "")
+                + (f" [{trial:.2f}]" if trial is not None else "")
+            )
+        problem = f"{r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}"
+        out.append(f"| `{r['implementation']}` | {problem} | " + " | ".join(cells) + f" | {d['plan_chosen']} |")
+    return out
 
 
 def _data_parallel_lines(data: dict, markdown: bool) -> list[str]:

@@ -1,7 +1,11 @@
-"""The step as explicit loops compiled by Numba: `numba` on one thread, `numba:parallel` with prange.
+"""The step compiled by Numba: `numba` on one thread, `numba:parallel` with prange, `numba:blas` with BLAS.
 
-Every product is one of two kernels, each with a vectorised innermost loop over
-contiguous memory, and no BLAS call:
+The step is one compiled call (train_step). Its five products go through the loops below,
+or, for numba:blas, through BLAS's gemm (SciPy's scipy.linalg.cython_blas) where the plan
+chosen at create says so (NumbaBlasStep); everything else is the same code for all three.
+
+Every product by loops is one of two kernels, each with a vectorised innermost loop over
+contiguous memory:
 
 - NT, c = a @ b.T: each output a dot product of two contiguous rows, in 4x4 register
   tiles (reassociation lets LLVM split each dot product over vector lanes).
@@ -21,17 +25,28 @@ All buffers live in one array allocated at create and carved into views inside t
 compiled code: a step is one call with one array argument (Numba unboxes each array
 argument at every call) and allocates nothing. No loop makes views: each view is an
 incref and a decref, calls to Numba's runtime that its reference-count pruning does not
-remove across a loop, and at the seed size they cost more than the arithmetic.
+remove across a loop, and at the seed size they cost more than the arithmetic. The
+weights, their gradients and Adam's two moments each lie in one stretch of the arena (w1
+then w2), so one flat loop updates both weights.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import importlib.util
 import math
+import os
+import sys
 import warnings
 
+import llvmlite.binding
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic
 
 from . import threads
 from .problem import ADAM_BETA1, ADAM_BETA2, ADAM_EPS
@@ -342,6 +357,127 @@ def _nn(a, b, c, parallel):
 
 
 # ---------------------------------------------------------------------------------------
+# c = op(a) @ op(b) by BLAS: SciPy's s/dgemm (scipy.linalg.cython_blas), called from compiled code.
+
+# LLVM names under which the compiled code calls gemm. By name, not by an address written into
+# the code: the compiled step is cached on disk and the address changes with every process.
+GEMM_SYMBOLS = {"float32": "stepbench_cython_blas_sgemm", "float64": "stepbench_cython_blas_dgemm"}
+GEMM_NAMES = {"float32": "sgemm", "float64": "dgemm"}  # in scipy.linalg.cython_blas
+BLAS_NO, BLAS_TRANSPOSE = ord("N"), ord("T")
+BLAS_INT_LIMIT = 2**31  # cython_blas takes 32-bit sizes: every padded size stays below this
+
+# gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc): Fortran's, every argument a pointer.
+_GEMM_ARGUMENTS = 13
+_missing_gemm = []  # keeps the stand-in alive
+
+
+def _stand_in_for_gemm(*_):
+    """Where SciPy is missing: numba:blas is then unavailable and nothing calls gemm, but the
+    cached step still links against the name. Were it ever called, stop rather than leave c unwritten."""
+    sys.stderr.write("impls.numba_step: BLAS's gemm was called, but SciPy is not installed\n")
+    sys.stderr.flush()
+    os.abort()
+
+
+def _register_gemm() -> str | None:
+    """Give LLVM the addresses of SciPy's sgemm and dgemm; the reason if SciPy cannot provide them."""
+    reason = None
+    if importlib.util.find_spec("scipy") is None:
+        reason = "scipy not installed"
+    else:
+        try:
+            addresses = {
+                d: get_cython_function_address("scipy.linalg.cython_blas", name) for d, name in GEMM_NAMES.items()
+            }
+        except (ImportError, ValueError) as error:
+            reason = f"scipy.linalg.cython_blas has no s/dgemm: {error}"
+    if reason is not None:
+        stand_in = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _GEMM_ARGUMENTS)(_stand_in_for_gemm)
+        _missing_gemm.append(stand_in)
+        addresses = {d: ctypes.cast(stand_in, ctypes.c_void_p).value for d in GEMM_SYMBOLS}
+    for dtype, symbol in GEMM_SYMBOLS.items():
+        llvmlite.binding.add_symbol(symbol, addresses[dtype])
+    return reason
+
+
+GEMM_UNAVAILABLE = _register_gemm()  # before any compiled step is loaded from the cache
+
+
+@intrinsic
+def _xgemm(typingctx, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """Column-major c[:m, :n] = op(a) @ op(b) (alpha 1, beta 0: c is overwritten), on the data of
+    arrays a, b, c of one float dtype; trans_*: BLAS_NO or BLAS_TRANSPOSE; sizes as integers.
+
+    Each scalar goes by pointer to a slot on the caller's stack (alloca in its entry block).
+    """
+    dtype = c.dtype
+    if not all(isinstance(x, types.Array) and x.dtype == dtype for x in (a, b, c)) or str(dtype) not in GEMM_SYMBOLS:
+        return None
+    sig = types.void(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc = args
+        char, real = ir.IntType(8), context.get_value_type(dtype)
+        blas_int = ir.IntType(32)  # cython_blas's int
+        # transa transb m n k alpha a lda b ldb beta c ldc
+        kinds = (char, char, blas_int, blas_int, blas_int, real, real, blas_int, real, blas_int, real, real, blas_int)
+        fnty = ir.FunctionType(ir.VoidType(), [kind.as_pointer() for kind in kinds])
+        gemm = cgutils.get_or_insert_function(builder.module, fnty, GEMM_SYMBOLS[str(dtype)])
+
+        def slot(value, kind):
+            return cgutils.alloca_once_value(builder, builder.trunc(value, kind) if value.type != kind else value)
+
+        def data(value, array_type):
+            return context.make_array(array_type)(context, builder, value).data
+
+        arrays = signature.args
+        builder.call(
+            gemm,
+            [
+                slot(trans_a, char),
+                slot(trans_b, char),
+                slot(m, blas_int),
+                slot(n, blas_int),
+                slot(k, blas_int),
+                cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0)),
+                data(a, arrays[5]),
+                slot(lda, blas_int),
+                data(b, arrays[7]),
+                slot(ldb, blas_int),
+                cgutils.alloca_once_value(builder, context.get_constant(dtype, 0.0)),
+                data(c, arrays[9]),
+                slot(ldc, blas_int),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@_jit(inline="always")
+def _gemm(a, trans_a, b, trans_b, c, m, n, k):
+    """c[:m, :n] = op(a) @ op(b) by BLAS; a, b, c row-major with contiguous rows, op(a) m x k, op(b) k x n.
+
+    BLAS is column-major, where a row-major matrix reads as its transpose: so it is asked for
+    c.T = op(b).T @ op(a).T, b first, each transpose a flag (no data is moved). The leading
+    dimensions are the rows' lengths in the arena, so padded buffers are read in place.
+    """
+    _xgemm(
+        BLAS_TRANSPOSE if trans_b else BLAS_NO,
+        BLAS_TRANSPOSE if trans_a else BLAS_NO,
+        n,
+        m,
+        k,
+        b,
+        b.shape[1],
+        a,
+        a.shape[1],
+        c,
+        c.shape[1],
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # Element-wise passes
 
 BLOCK = 32  # transposes go in 32x32 blocks, so both sides stay in L1 while a block is copied
@@ -402,16 +538,15 @@ def _relu_grad(ga_t, a_t):
 
 @_jit()
 def _sgd(w, g, lr):
+    """w -= lr g over flat arrays (both weights at once: see arena_views)."""
     lr_t = w.dtype.type(lr)  # rounded to the dtype once, as NumPy does with a Python float
-    rows, cols = w.shape
-    for i in range(rows):
-        for j in range(cols):
-            w[i, j] -= lr_t * g[i, j]
+    for i in range(w.size):
+        w[i] -= lr_t * g[i]
 
 
 @_jit(error_model="numpy")
 def _adam(w, g, m, v, lr, t):
-    """torch.optim.Adam at step t (from 1), in the dtype of w.
+    """torch.optim.Adam at step t (from 1), in the dtype of w, over flat arrays (both weights at once).
 
     Constants are formed in float64 and rounded once to the dtype, as torch does: in
     float32, 1 - float32(0.999) would be off by 1.3e-5 relative, far beyond rounding.
@@ -424,46 +559,71 @@ def _adam(w, g, m, v, lr, t):
     one_minus_beta1, one_minus_beta2 = dtype(1.0 - ADAM_BETA1), dtype(1.0 - ADAM_BETA2)
     step_size = dtype(lr / (1.0 - ADAM_BETA1**t))
     correction2_sqrt = dtype(math.sqrt(1.0 - ADAM_BETA2**t))
-    rows, cols = w.shape
-    for i in range(rows):
-        for j in range(cols):
-            grad = g[i, j]
-            m_ij = beta1 * m[i, j] + one_minus_beta1 * grad
-            v_ij = beta2 * v[i, j] + one_minus_beta2 * grad * grad
-            m[i, j] = m_ij
-            v[i, j] = v_ij
-            w[i, j] -= step_size * m_ij / (math.sqrt(v_ij) / correction2_sqrt + eps)
+    for i in range(w.size):
+        grad = g[i]
+        m_i = beta1 * m[i] + one_minus_beta1 * grad
+        v_i = beta2 * v[i] + one_minus_beta2 * grad * grad
+        m[i] = m_i
+        v[i] = v_i
+        w[i] -= step_size * m_i / (math.sqrt(v_i) / correction2_sqrt + eps)
 
 
 # ---------------------------------------------------------------------------------------
 # The arena: every buffer of the step, carved from one array.
 
+# The five products, in the order the step computes them, each a bit of a plan (the products
+# BLAS does) and of may_loop (the products that may go through the loops: their buffers are
+# in the arena).
+PRODUCTS = ("h", "y_pred", "gw2", "ga", "gw1")
+H_PRODUCT, Y_PRED, GW2, GA, GW1 = 1, 2, 4, 8, 16
+ALL_PRODUCTS = 31
+
 
 @_jit()
-def arena_shapes(n, d, h, o, adam):
-    """(rows, cols) of each buffer, in arena order; sizes padded. Unused buffers are empty."""
-    nt_y_pred = h >= NT_MIN_K  # y_pred by NT needs a row-major
-    nt_ga = o >= NT_MIN_K  # ga by NT needs g row-major
+def arena_shapes(n, d, h, o, adam, may_loop, batch_major):
+    """(rows, cols) of each buffer, in arena order; sizes padded. Unused buffers are empty.
+
+    Feature-major (the loops' layout): activations and their gradients as features x batch
+    (h.T, y_pred.T), w1 as w1.T. may_loop: the products that may go through the loops; the
+    copies only they read (x.T, w2.T, a and g row-major, the panel to pack) are left out for
+    the others, which BLAS reads in place.
+
+    batch_major (BLAS only, may_loop 0): the notebook's layout, batch x features and w1 as
+    (D, H), in the same slots (named below for the feature-major layout), and x.T for gw1 =
+    x.T @ gh (OpenBLAS 0.3.30 took 19.5 ms from x.T in memory, 24.9 ms transposing x by
+    flag, at N = 16384, D = 1000, H = 100, float32). The two layouts put BLAS's work on
+    different loops of its kernels; which is faster depends on the shape.
+    """
+    y_pred_loops, ga_loops = (may_loop & Y_PRED) != 0, (may_loop & GA) != 0
+    nt_y_pred = y_pred_loops and h >= NT_MIN_K  # y_pred by NT needs a row-major
+    nt_ga = ga_loops and o >= NT_MIN_K  # ga by NT needs g row-major
+    packing = may_loop != 0 and (packs(h, max(n, d, o)) or packs(o, h))
+    by_batch = (n, h) if batch_major else (h, n)
     return (
         (n, d),  # x
-        (d, n),  # x_t
-        (o, n),  # y_t
-        (h, d),  # w1_t
-        (h, o),  # w2
-        (o, h),  # w2_t
-        (h, n),  # a_t: h.T, then relu in place
+        (d, n) if may_loop & GW1 or batch_major else (0, 0),  # x_t
+        (n, o) if batch_major else (o, n),  # y_t
+        (d, h) if batch_major else (h, d),  # w1_t    } the weights: one stretch
+        (h, o),  # w2      }
+        (o, h) if y_pred_loops else (0, 0),  # w2_t
+        by_batch,  # a_t: h.T, then relu in place
         (n, h) if nt_y_pred else (0, 0),  # a
-        (o, n),  # g_t: y_pred.T, then 2 (y_pred - y).T in place
+        (n, o) if batch_major else (o, n),  # g_t: y_pred.T, then 2 (y_pred - y).T in place
         (n, o) if nt_ga else (0, 0),  # g
-        (h, n),  # gh_t: ga.T, then masked in place
-        (h, d),  # gw1_t
-        (h, o),  # gw2
-        (h, d) if adam else (0, 0),  # m1_t
-        (h, d) if adam else (0, 0),  # v1_t
-        (h, o) if adam else (0, 0),  # m2
-        (h, o) if adam else (0, 0),  # v2
-        (1, N_BLOCK * K_BLOCK_BYTES // 4) if packs(h, max(n, d, o)) or packs(o, h) else (0, 0),  # pack: one panel of b
+        by_batch,  # gh_t: ga.T, then masked in place
+        (d, h) if batch_major else (h, d),  # gw1_t   } their gradients: one stretch
+        (h, o),  # gw2     }
+        ((d, h) if batch_major else (h, d)) if adam else (0, 0),  # m1_t    } Adam's first moments: one stretch
+        (h, o) if adam else (0, 0),  # m2      }
+        ((d, h) if batch_major else (h, d)) if adam else (0, 0),  # v1_t    } and its second
+        (h, o) if adam else (0, 0),  # v2      }
+        (1, N_BLOCK * K_BLOCK_BYTES // 4) if packing else (0, 0),  # pack: one panel of b
     )
+
+
+@_jit(inline="always")
+def _aligned(size):
+    return (size + ALIGN - 1) // ALIGN * ALIGN
 
 
 @_jit(inline="always")
@@ -471,11 +631,11 @@ def _take(buf, offset, shape):
     rows, cols = shape
     size = rows * cols
     view = buf[offset : offset + size].reshape((rows, cols))
-    return view, offset + (size + ALIGN - 1) // ALIGN * ALIGN
+    return view, offset + _aligned(size)
 
 
-def arena_size(n, d, h, o, adam) -> int:
-    return sum(_round_up(r * c, ALIGN) for r, c in arena_shapes(n, d, h, o, adam))
+def arena_size(n, d, h, o, adam, may_loop=ALL_PRODUCTS, batch_major=False) -> int:
+    return sum(_round_up(r * c, ALIGN) for r, c in arena_shapes(n, d, h, o, adam, may_loop, batch_major))
 
 
 CACHE_LINE = 64
@@ -494,12 +654,17 @@ def cache_aligned_zeros(size: int, dtype) -> np.ndarray:
 
 
 @_jit()
-def arena_views(buf, n, d, h, o, adam):
-    """The 18 buffers of arena_shapes, as views of buf."""
-    s = arena_shapes(n, d, h, o, adam)
+def arena_views(buf, n, d, h, o, adam, may_loop, batch_major):
+    """The 18 buffers of arena_shapes, as views of buf; then the weights, their gradients and
+    Adam's two moments, each as one flat view of its stretch (w1, the gap to the next
+    cache line, w2). The four stretches have the same length and the same gaps, which stay
+    zero: a zero gradient keeps a zero weight under SGD and Adam."""
+    s = arena_shapes(n, d, h, o, adam, may_loop, batch_major)
+    stretch = _aligned(h * d) + _aligned(h * o)
     x, off = _take(buf, 0, s[0])
     x_t, off = _take(buf, off, s[1])
     y_t, off = _take(buf, off, s[2])
+    weights = buf[off : off + stretch]
     w1_t, off = _take(buf, off, s[3])
     w2, off = _take(buf, off, s[4])
     w2_t, off = _take(buf, off, s[5])
@@ -508,14 +673,18 @@ def arena_views(buf, n, d, h, o, adam):
     g_t, off = _take(buf, off, s[8])
     g, off = _take(buf, off, s[9])
     gh_t, off = _take(buf, off, s[10])
+    grads = buf[off : off + stretch]
     gw1_t, off = _take(buf, off, s[11])
     gw2, off = _take(buf, off, s[12])
+    moment1 = buf[off : off + stretch] if adam else buf[off:off]
     m1_t, off = _take(buf, off, s[13])
-    v1_t, off = _take(buf, off, s[14])
-    m2, off = _take(buf, off, s[15])
+    m2, off = _take(buf, off, s[14])
+    moment2 = buf[off : off + stretch] if adam else buf[off:off]
+    v1_t, off = _take(buf, off, s[15])
     v2, off = _take(buf, off, s[16])
     pack, off = _take(buf, off, s[17])
-    return x, x_t, y_t, w1_t, w2, w2_t, a_t, a, g_t, g, gh_t, gw1_t, gw2, m1_t, v1_t, m2, v2, pack
+    views = (x, x_t, y_t, w1_t, w2, w2_t, a_t, a, g_t, g, gh_t, gw1_t, gw2, m1_t, m2, v1_t, v2, pack)
+    return views, (weights, grads, moment1, moment2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,44 +694,98 @@ GRADS_ONLY, SGD, ADAM = 0, 1, 2
 
 
 @_jit()
-def train_step(buf, n, d, h, o, adam, update, lr, t, parallel):
-    """Loss and gradients (left in gw1_t, gw2) at the current weights, then the update.
+def _grads_batch_major(x, x_t, y, w1, w2, a, g, gh, gw1, gw2, n, d, h, o):
+    """Loss and gradients by BLAS on batch-major buffers (the notebook's layout); returns the loss."""
+    _gemm(x, False, w1, False, a, n, h, d)  # N,H   h = x @ w1
+    _relu(a)  # N,H   a
+    _gemm(a, False, w2, False, g, n, o, h)  # N,O   y_pred = a @ w2
+    loss = _loss_and_output_grad(g, y)  # N,O   g = 2 (y_pred - y)
+    _gemm(a, True, g, False, gw2, h, o, n)  # H,O   gw2 = a.T @ g
+    _gemm(g, False, w2, True, gh, n, h, o)  # N,H   ga = g @ w2.T, with w2 before its update
+    _relu_grad(gh, a)  # N,H   gh
+    _gemm(x_t, False, gh, False, gw1, d, h, n)  # D,H   gw1 = x.T @ gh
+    return loss
 
-    n, d, h, o: the problem's sizes (unpadded). adam: whether the arena holds Adam's
-    moments (its layout, whatever this call does). update: GRADS_ONLY, SGD or ADAM (at
-    Adam step t). Returns the pre-update loss.
-    """
-    x, x_t, y_t, w1_t, w2, w2_t, a_t, a, g_t, g, gh_t, gw1_t, gw2, m1_t, v1_t, m2, v2, pack = arena_views(
-        buf, *padded_shape(n, d, h, o), adam
-    )
+
+@_jit()
+def _grads_feature_major(views, n, d, h, o, parallel, may_loop, plan):
+    """Loss and gradients on feature-major buffers, each product by BLAS or the loops as plan says."""
+    x, x_t, y_t, w1_t, w2, w2_t, a_t, a, g_t, g, gh_t, gw1_t, gw2, m1_t, m2, v1_t, v2, pack = views
     # The NT products over rows of H stop at the first even row count: the padding
     # beyond stays zero, and at H = 10 a fifth of their work is saved.
     h2 = _round_up(h, 2)
-    _nt(w1_t[:h2], x, a_t[:h2], pack, parallel)  # H,N   h.T = w1.T @ x.T
+    if plan & H_PRODUCT:
+        _gemm(w1_t, False, x, True, a_t, h, n, d)  # H,N   h.T = w1.T @ x.T
+    else:
+        _nt(w1_t[:h2], x, a_t[:h2], pack, parallel)  # H,N   h.T = w1.T @ x.T
     _relu(a_t)  # H,N   a.T
-    if h >= NT_MIN_K:
+    if plan & Y_PRED:
+        _gemm(w2, True, a_t, False, g_t, o, n, h)  # O,N   y_pred.T = w2.T @ a.T
+    elif h >= NT_MIN_K:
         _transpose(a_t, a)  # N,H
         _nt(w2_t, a, g_t, pack, parallel)  # O,N   y_pred.T = w2.T @ a.T
     else:
         _nn(w2_t, a_t, g_t, parallel)  # O,N   y_pred.T = w2.T @ a.T
     loss = _loss_and_output_grad(g_t, y_t)  # O,N   g.T = 2 (y_pred - y).T
-    _nt(a_t[:h2], g_t, gw2[:h2], pack, parallel)  # H,O   gw2 = a.T @ g
-    if o >= NT_MIN_K:
+    if plan & GW2:
+        _gemm(a_t, False, g_t, True, gw2, h, o, n)  # H,O   gw2 = a.T @ g
+    else:
+        _nt(a_t[:h2], g_t, gw2[:h2], pack, parallel)  # H,O   gw2 = a.T @ g
+    if plan & GA:
+        _gemm(w2, False, g_t, False, gh_t, h, n, o)  # H,N   ga.T = w2 @ g.T, with w2 before its update
+    elif o >= NT_MIN_K:
         _transpose(g_t, g)  # N,O
         _nt(w2[:h2], g, gh_t[:h2], pack, parallel)  # H,N   ga.T = w2 @ g.T, with w2 before its update
     else:
         _nn(w2, g_t, gh_t, parallel)  # H,N   ga.T = w2 @ g.T, with w2 before its update
     _relu_grad(gh_t, a_t)  # H,N   gh.T
-    _nt(gh_t[:h2], x_t, gw1_t[:h2], pack, parallel)  # H,D   gw1.T = gh.T @ x
-    if update == SGD:
-        _sgd(w1_t, gw1_t, lr)
-        _sgd(w2, gw2, lr)
-    elif update == ADAM:
-        _adam(w1_t, gw1_t, m1_t, v1_t, lr, t)
-        _adam(w2, gw2, m2, v2, lr, t)
-    if update != GRADS_ONLY:
-        _transpose(w2, w2_t)
+    if plan & GW1:
+        _gemm(gh_t, False, x, False, gw1_t, h, d, n)  # H,D   gw1.T = gh.T @ x
+    else:
+        _nt(gh_t[:h2], x_t, gw1_t[:h2], pack, parallel)  # H,D   gw1.T = gh.T @ x
     return loss
+
+
+@_jit()
+def train_step(buf, n, d, h, o, adam, update, lr, t, parallel, may_loop, batch_major, plan):
+    """Loss and gradients (left in gw1_t, gw2) at the current weights, then the update.
+
+    n, d, h, o: the problem's sizes (unpadded). adam, may_loop, batch_major: the arena's
+    layout (whatever this call does): whether it holds Adam's moments, which products it
+    holds the loops' buffers for, and its orientation. update: GRADS_ONLY, SGD or ADAM (at
+    Adam step t). plan: the products done by BLAS (on its own threads); the others by the
+    loops (spread over threads if parallel). Returns the pre-update loss.
+
+    BLAS is given the unpadded sizes and reads the padded buffers in place; what it leaves
+    unwritten is padding, zero from the start.
+    """
+    views, stretches = arena_views(buf, *padded_shape(n, d, h, o), adam, may_loop, batch_major)
+    if batch_major:
+        x, x_t, y, w1, w2, _, a, _, g, _, gh, gw1, gw2 = views[:13]
+        loss = _grads_batch_major(x, x_t, y, w1, w2, a, g, gh, gw1, gw2, n, d, h, o)
+    else:
+        loss = _grads_feature_major(views, n, d, h, o, parallel, may_loop, plan)
+    weights, grads, moment1, moment2 = stretches
+    if update == SGD:
+        _sgd(weights, grads, lr)  # w1 and w2 in one pass
+    elif update == ADAM:
+        _adam(weights, grads, moment1, moment2, lr, t)
+    if update != GRADS_ONLY and (may_loop & Y_PRED) != 0:
+        _transpose(views[4], views[5])  # w2.T, for y_pred by the loops
+    return loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Arena:
+    """One laid-out arena and the views the Python side reads."""
+
+    buf: np.ndarray
+    may_loop: int
+    batch_major: bool
+    w1: np.ndarray  # w1, or w1.T where feature-major
+    w2: np.ndarray
+    gw1: np.ndarray  # as w1
+    gw2: np.ndarray
 
 
 class NumbaStep(Step):
@@ -575,36 +798,67 @@ class NumbaStep(Step):
         self._update = ADAM if self._adam else SGD
         self._t = 0  # Adam's step count
         self._shape, self._lr = problem.shape, problem.lr  # read at every step
-        padded = padded_shape(*problem.shape)
-        self._buf = cache_aligned_zeros(arena_size(*padded, self._adam), problem.dtype)
-        views = arena_views(self._buf, *padded, self._adam)
-        x, x_t, y_t, self._w1_t, self._w2, w2_t = views[:6]
-        self._gw1_t, self._gw2 = views[11:13]
-        n, d, h, o = problem.shape
-        x[:n, :d] = arrays.x
-        x_t[:d, :n] = arrays.x.T
-        y_t[:o, :n] = arrays.y.T
-        self._w1_t[:h, :d] = arrays.w1.T
-        self._w2[:h, :o] = arrays.w2
-        w2_t[:o, :h] = arrays.w2.T
-        _compile(self._buf.dtype)
+        self._plan = 0  # every product by the loops; NumbaBlasStep sets its own
+        self._arena = self._lay_out(self._loop_products(), batch_major=False)
+        _compile(self._arena.buf.dtype)
         # The suite's thread budget, for numba.set_num_threads and for any pool that loading
-        # the kernels brought in (Numba loads SciPy, and with it another OpenBLAS).
+        # the kernels brought in (SciPy's OpenBLAS, which numba:blas calls).
         threads.apply()
 
+    def _lay_out(self, may_loop: int, batch_major: bool) -> Arena:
+        """A new arena of this layout, holding the inputs (the weights as given at create)."""
+        padded = padded_shape(*self.problem.shape)
+        buf = cache_aligned_zeros(arena_size(*padded, self._adam, may_loop, batch_major), self.problem.dtype)
+        views, _ = arena_views(buf, *padded, self._adam, may_loop, batch_major)
+        x, x_t, y, w1, w2, w2_t = views[:6]
+        n, d, h, o = self.problem.shape
+        arrays = self.arrays
+        x[:n, :d] = arrays.x
+        w2[:h, :o] = arrays.w2
+        if batch_major:
+            y[:n, :o] = arrays.y
+            w1[:d, :h] = arrays.w1
+        else:
+            y[:o, :n] = arrays.y.T
+            w1[:h, :d] = arrays.w1.T
+        if x_t.size:  # absent where no product by the loops reads them
+            x_t[:d, :n] = arrays.x.T
+        if w2_t.size:
+            w2_t[:o, :h] = arrays.w2.T
+        return Arena(buf, may_loop, batch_major, w1, w2, views[11], views[12])
+
+    def _loop_products(self) -> int:
+        """The products that may go through the loops here (their buffers are allocated)."""
+        return ALL_PRODUCTS
+
+    def _call(self, update, t, plan, arena: Arena | None = None):
+        a = self._arena if arena is None else arena
+        return train_step(
+            a.buf, *self._shape, self._adam, update, self._lr, t, self.parallel, a.may_loop, a.batch_major, plan
+        )
+
+    def _d_by_h(self, view) -> np.ndarray:
+        """A copy of w1 or gw1, (D, H), from its buffer in either layout."""
+        d, h = self.problem.d, self.problem.h
+        return view[:d, :h].copy() if self._arena.batch_major else view[:h, :d].T.copy()
+
     def loss_and_grads(self):
-        loss = train_step(self._buf, *self._shape, self._adam, GRADS_ONLY, self._lr, 0, self.parallel)
-        d, h, o = self.problem.d, self.problem.h, self.problem.o
-        return float(loss), self._gw1_t[:h, :d].T.copy(), self._gw2[:h, :o].copy()
+        loss = self._call(GRADS_ONLY, 0, self._plan)
+        h, o = self.problem.h, self.problem.o
+        return float(loss), self._d_by_h(self._arena.gw1), self._arena.gw2[:h, :o].copy()
 
     def _step(self):
         if self._adam:
             self._t += 1
-        return train_step(self._buf, *self._shape, self._adam, self._update, self._lr, self._t, self.parallel)
+        return self._call(self._update, self._t, self._plan)
 
     def weights(self):
-        d, h, o = self.problem.d, self.problem.h, self.problem.o
-        return self._w1_t[:h, :d].T.copy(), self._w2[:h, :o].copy()
+        h, o = self.problem.h, self.problem.o
+        return self._d_by_h(self._arena.w1), self._arena.w2[:h, :o].copy()
+
+    def describe(self) -> dict:
+        """What results record about how this step ran."""
+        return {"numba": numba.__version__, "threads": numba.get_num_threads() if self.parallel else 1}
 
 
 _compiled: set = set()
@@ -618,5 +872,5 @@ def _compile(dtype) -> None:
     """
     if dtype not in _compiled:
         buf = np.zeros(arena_size(*padded_shape(1, 1, 1, 1), True), dtype=dtype)
-        train_step(buf, 1, 1, 1, 1, True, ADAM, 0.0, 1, False)
+        train_step(buf, 1, 1, 1, 1, True, ADAM, 0.0, 1, False, ALL_PRODUCTS, False, 0)
         _compiled.add(dtype)

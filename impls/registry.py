@@ -58,6 +58,7 @@ _REGISTRY: dict[str, Entry] = {
     "jax:cuda": Entry("jax_step", "JaxStep", requires=("jax",), options={"device": "cuda"}),
     "torch:cpu:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cpu"}),
     "torch:cuda:ddp": Entry("torch_ddp", "TorchDDPStep", requires=("torch",), options={"device": "cuda"}),
+    "numba:blas": Entry("numba_blas", "NumbaBlasStep", requires=("numba",)),  # SciPy: unavailable_reason
 }
 
 

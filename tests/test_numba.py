@@ -16,6 +16,7 @@ from impls import agreement
 from .conftest import require
 
 NUMBA_NAMES = ["numba", "numba:parallel"]
+STEP_NAMES = [*NUMBA_NAMES, "numba:blas"]  # every entry whose step is numba_step's compiled call
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +66,7 @@ def _nrt_allocations(run) -> int:
     return after.alloc - before.alloc
 
 
-@pytest.mark.parametrize("name", NUMBA_NAMES)
+@pytest.mark.parametrize("name", STEP_NAMES)
 def test_a_step_allocates_nothing(name, ns):
     require(name)
     import numba
@@ -76,11 +77,11 @@ def test_a_step_allocates_nothing(name, ns):
     assert ns.packs(h, d) and n * d * h >= ns.PARALLEL_MIN_MACS
     step = impls.create(name, impls.Problem(n=n, d=d, h=h, o=4, dtype="float32", optimizer="adam"))
     step.run(1)
-    touch(step._buf)
+    touch(step._arena.buf)
     # Numba wraps each array argument in a MemInfo at every call (freed on return); a
     # step may make that allocation and no other, however many steps.
     calls = 10
-    baseline = _nrt_allocations(lambda: [touch(step._buf) for _ in range(calls)])
+    baseline = _nrt_allocations(lambda: [touch(step._arena.buf) for _ in range(calls)])
     assert baseline == calls
     assert _nrt_allocations(lambda: step.run(calls)) == baseline
 
@@ -89,8 +90,8 @@ def test_a_step_allocates_nothing(name, ns):
 def test_every_buffer_starts_on_a_cache_line(dtype, ns):
     step = impls.create("numba", agreement.check_problem("seed", dtype, "adam"))
     padded = ns.padded_shape(*step.problem.shape)
-    views = ns.arena_views(step._buf, *padded, True)
-    starts = {view.ctypes.data % ns.CACHE_LINE for view in views if view.size}
+    views, stretches = ns.arena_views(step._arena.buf, *padded, True, ns.ALL_PRODUCTS, False)
+    starts = {view.ctypes.data % ns.CACHE_LINE for view in (*views, *stretches) if view.size}
     assert starts == {0}
 
 
@@ -108,7 +109,7 @@ _COMPILED_WHEN = """
 """
 
 
-@pytest.mark.parametrize("name", NUMBA_NAMES)
+@pytest.mark.parametrize("name", STEP_NAMES)
 def test_compiled_in_create_not_in_a_step(name, ns):
     require(name)
     at_create, after_steps = map(int, _run(_COMPILED_WHEN.format(name=name), ROOT, _cache_env()).split())
@@ -208,19 +209,22 @@ def _run(code: str, cwd, env_changes: dict) -> str:
 
 _CACHE_REPORT = """
     import numba, impls
-    from impls import numba_step as ns
-    impls.create("numba", impls.Problem(dtype="float64"))
+    from impls import agreement, numba_step as ns
+    step = impls.create({name!r}, impls.Problem(dtype="float64"))
     kernels = [f for f in vars(ns).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
     hits = sum(sum(f.stats.cache_hits.values()) for f in kernels)
     print(hits, sum(sum(f.stats.cache_misses.values()) for f in kernels))
+    agreement.assert_agrees(step)  # the cached code runs: numba:blas's calls to gemm are linked by name
 """
 
 
-def test_a_fresh_process_reuses_the_compiled_kernels(ns):
+@pytest.mark.parametrize("name", ["numba", "numba:blas"])
+def test_a_fresh_process_reuses_the_compiled_kernels(name, ns):
+    require(name)
     if ns._cache_warning_given:
         pytest.skip("no writable cache location for numba here")
-    impls.create("numba", impls.Problem(dtype="float64"))  # compiled or loaded, and so in the cache now
-    hits, misses = map(int, _run(_CACHE_REPORT, ROOT, _cache_env()).split())
+    impls.create(name, impls.Problem(dtype="float64"))  # compiled or loaded, and so in the cache now
+    hits, misses = map(int, _run(_CACHE_REPORT.format(name=name), ROOT, _cache_env()).split())
     assert misses == 0 and hits >= 1
 
 
