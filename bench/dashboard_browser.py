@@ -81,13 +81,16 @@ class Browser:
         self.page.wait_for_function("window.$ && $.asv && $.asv.main_json !== undefined", timeout=TIMEOUT_MS)
 
     def graph_series(self) -> list[tuple[str, int]]:
-        """(label, number of points) of each line of the graph shown, once it is drawn."""
+        """(label, number of points drawn) of each line of the graph shown, once it is drawn. A run
+        without a value for the benchmark (asv run -b of other parameters) is a null in the data, not a point."""
         drawn = "$('#main-graph').data('plot') && $('#main-graph').data('plot').getData().length > 0"
         self.page.wait_for_function(drawn, timeout=TIMEOUT_MS)
         self.page.wait_for_load_state("networkidle")
         return [
             tuple(s)
-            for s in self.page.evaluate("$('#main-graph').data('plot').getData().map(s => [s.label, s.data.length])")
+            for s in self.page.evaluate(
+                "$('#main-graph').data('plot').getData().map(s => [s.label, s.data.filter(p => p[1] !== null).length])"
+            )
         ]
 
     def regression_rows(self) -> int:
