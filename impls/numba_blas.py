@@ -135,15 +135,14 @@ class NumbaBlasStep(numba_step.NumbaStep):
             if self._plan == ALL_PRODUCTS:
                 self._choose_layout()
         else:
-            self._plan, batch_major = self._given
-            if batch_major:
-                self._arena = self._lay_out(0, batch_major=True)
+            self._plan = self._given[0]
 
-    def _loop_products(self) -> int:
-        if self._given is not None:
-            return ALL_PRODUCTS & ~self._given[0]
-        macs = product_macs(*self.problem.shape).values()
-        return sum(1 << i for i, m in enumerate(macs) if m <= LOOPS_MAX_MACS)
+    def _first_layout(self) -> tuple[int, bool]:
+        if self._given is not None:  # the given plan's own layout
+            bits, batch_major = self._given
+            return ALL_PRODUCTS & ~bits, batch_major
+        macs = product_macs(*self.problem.shape).values()  # every candidate for the loops' trials
+        return sum(1 << i for i, m in enumerate(macs) if m <= LOOPS_MAX_MACS), False
 
     def _grads(self, plan: int, arena=None):
         return lambda: self._call(GRADS_ONLY, 0, plan, arena)

@@ -799,7 +799,7 @@ class NumbaStep(Step):
         self._t = 0  # Adam's step count
         self._shape, self._lr = problem.shape, problem.lr  # read at every step
         self._plan = 0  # every product by the loops; NumbaBlasStep sets its own
-        self._arena = self._lay_out(self._loop_products(), batch_major=False)
+        self._arena = self._lay_out(*self._first_layout())
         _compile(self._arena.buf.dtype)
         # The suite's thread budget, for numba.set_num_threads and for any pool that loading
         # the kernels brought in (SciPy's OpenBLAS, which numba:blas calls).
@@ -827,9 +827,9 @@ class NumbaStep(Step):
             w2_t[:o, :h] = arrays.w2.T
         return Arena(buf, may_loop, batch_major, w1, w2, views[11], views[12])
 
-    def _loop_products(self) -> int:
-        """The products that may go through the loops here (their buffers are allocated)."""
-        return ALL_PRODUCTS
+    def _first_layout(self) -> tuple[int, bool]:
+        """The arena laid out at create: (the products that may go through the loops, batch-major)."""
+        return ALL_PRODUCTS, False
 
     def _call(self, update, t, plan, arena: Arena | None = None):
         a = self._arena if arena is None else arena
