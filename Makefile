@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed-requirements-and-package
 # Regression gate (pytest-benchmark): which configurations, and how much slower a median may get.
 BENCH_SELECT ?= seed or tutorial or medium
 COMPARE_FAIL ?= median:25%
-PYTEST_BENCH := $(PY) -m pytest bench -q -k "$(BENCH_SELECT)" --benchmark-min-rounds=5 --benchmark-max-time=0.5
+PYTEST_BENCH := $(PY) -m pytest bench/pytest_suite -q -k "$(BENCH_SELECT)" --benchmark-min-rounds=5 --benchmark-max-time=0.5
 
-# Where this machine's results are filed: hostname, CPU, cores, GPU (bench/machine.py). Asked only
+# Where this machine's results are filed: hostname, CPU, cores, GPU (bench/harness/machine.py). Asked only
 # when a recipe needs it, after the venv exists.
-MACHINE = $(shell $(PY) -m bench.machine)
+MACHINE = $(shell $(PY) -m bench.harness.machine)
 # asv's own scratch: the smoke run writes its machine.json and results here, never under results/.
 ASV_SCRATCH := .asv/smoke.conf.json
 
@@ -45,11 +45,13 @@ bench: $(STAMP)
 # Both harnesses on the smallest problems, each timed body run once, so they cannot rot. asv runs
 # with a copy of asv.conf.json whose results go to .asv/ (ignored): a test run leaves the checkout clean.
 # STEPBENCH_SMOKE=1: the ratio tracks take one pair of blocks, without pauses (3.5 s each otherwise).
+# asv's output (a line per parameter set skipped here) goes to .asv/smoke-run.log; the console gets
+# each benchmark's status, what failed, and a summary (bench/asvtools/smoke.py).
 bench-smoke: $(STAMP) asv-machine
-	$(PY) -m pytest bench -q --benchmark-disable -k "seed or n00064"
-	$(PY) -m bench.asv_scratch asv.conf.json $(ASV_SCRATCH)
+	$(PY) -m pytest bench/pytest_suite -q --benchmark-disable -k "seed or n00064"
+	$(PY) -m bench.asvtools.scratch asv.conf.json $(ASV_SCRATCH)
 	$(ASV) check --python=same --config $(ASV_SCRATCH)
-	STEPBENCH_SMOKE=1 $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
+	STEPBENCH_SMOKE=1 $(PY) -m bench.asvtools.smoke .asv/smoke-run.log -- $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
 
 # HEAD against BASE, both measured now, paired and interleaved: exit 1 when a cell is confidently slower.
 compare: $(STAMP)
@@ -64,28 +66,28 @@ bench-compare: $(STAMP)
 
 # asv in the current environment: machine info without questions, the full grid, the dashboard.
 asv-machine: $(STAMP)
-	$(PY) -m bench.machine register > /dev/null
+	$(PY) -m bench.harness.machine register > /dev/null
 
 asv-run: $(STAMP) asv-machine
 	$(ASV) run --python=same --set-commit-hash HEAD --machine $(MACHINE)
-	$(PY) -m bench.asv_results results/asv
-	$(PY) -m bench.environment --save results/asv-environment
+	$(PY) -m bench.asvtools.results results/asv
+	$(PY) -m bench.harness.environment --save results/asv-environment
 
 asv-publish: dashboard
 
 # asv's dashboard of every machine's results/asv/<machine>/, in results/html, working with no
-# network (bench/dashboard.py); `make dashboard-screenshot` renders it as the README shows it.
+# network (bench/asvtools/dashboard.py); `make dashboard-screenshot` renders it as the README shows it.
 dashboard: $(STAMP)
-	$(PY) -m bench.asv_results results/asv
-	$(PY) -m bench.dashboard
+	$(PY) -m bench.asvtools.results results/asv
+	$(PY) -m bench.asvtools.dashboard
 
 DASHBOARD_PAGE ?= training_step.Presets.time_step?p-implementation=%27numpy%27&p-preset=%27seed%27&p-dtype=%27float32%27
 dashboard-screenshot: dashboard
-	$(PY) -m bench.dashboard_browser --html-dir results/html --out docs/dashboard.png --page "$(DASHBOARD_PAGE)"
+	$(PY) -m bench.asvtools.browser --html-dir results/html --out docs/dashboard.png --page "$(DASHBOARD_PAGE)"
 
 # The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.
 dynamics: $(STAMP)
-	$(PY) -m bench.dynamics_report
+	$(PY) -m bench.studies.dynamics
 
 # tox needs python3.10 ... python3.13 on PATH; where pyenv manages them, expose every installed one.
 PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && for v in $$(pyenv versions --bare | grep -E '^3\.1[0-3]\.[0-9]+$$'); do printf '%s:' "$$(pyenv prefix $$v)/bin"; done)

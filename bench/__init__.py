@@ -1,11 +1,12 @@
-"""Timing: the asv suite, the pytest-benchmark suite and `make bench` (python -m bench), over one grid."""
+"""Timing of the training step, in subpackages by role.
 
-import importlib.util
-import pathlib
-import sys
-
-# asv imports this suite from the checkout. Every environment asv builds has the package
-# installed, and so has the Makefile's venv (editable); `asv run --python=same` installs
-# nothing, and where the current environment lacks the package the checkout's is used.
-if importlib.util.find_spec("impls") is None:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+benchmarks/    asv's suite alone (asv.conf.json's benchmark_dir: asv imports every module there)
+harness/       what every harness shares: the grid, setup and agreement verdicts, timing,
+               the GEMM peak, the environment record, the machine's name, the load check, the CLI rules
+pytest_suite/  the pytest-benchmark suite
+job/           `make bench` (python -m bench): the main job, its tables and plots
+gate/          `python -m bench compare`: the regression gate
+asvtools/      asv's results, scratch configurations, spreads, and the offline dashboard
+ddp/           the data-parallel figures of `make bench` and the torchrun entry point
+studies/       the training-dynamics study (`make dynamics`)
+"""

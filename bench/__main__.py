@@ -1,18 +1,18 @@
-"""`python -m bench`: the main job (see bench.main); `python -m bench compare ...`: the regression gate (bench.compare)."""
+"""`python -m bench`: the main job (bench.job); `python -m bench compare ...`: the regression gate (bench.gate)."""
 
 import sys
 
-from bench import cli
+from bench.harness import cli
 
 
 def main(argv=None) -> int:
-    from bench.main import main as job  # imported under cli.run: Ctrl-C while numpy loads is handled too
+    from bench.job.main import main as job  # imported under cli.run: Ctrl-C while numpy loads is handled too
 
     return job(argv)
 
 
 def compare(argv=None) -> int:
-    from bench.compare import main as gate
+    from bench.gate.compare import main as gate
 
     return gate(argv)
 

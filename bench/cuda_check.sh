@@ -4,7 +4,7 @@
 # is installed, also run asv's grid for the CUDA entries into results/asv/<machine name>/, so
 # that the GPU appears on the dashboard (make dashboard) beside the CPU machines.
 #
-#     bench/cuda_check.sh [TARGET]     TARGET: pytest-benchmark files or folder (default: bench)
+#     bench/cuda_check.sh [TARGET]     TARGET: pytest-benchmark files or folder (default: bench/pytest_suite)
 #     bench/cuda_check.sh --collect-only   list the CUDA-only code paths and the tests this script
 #                                          would run, without a GPU (the suite checks the selection)
 #
@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-TARGET=${1:-bench}
+TARGET=${1:-bench/pytest_suite}
 SELECT=${BENCH_SELECT:-seed or tutorial or large}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -70,13 +70,13 @@ timed=$?
 
 dashboard=0
 if "$PYTHON" -c 'import asv' 2>/dev/null; then
-    # Named like every machine's asv folder (bench/machine.py: host, CPU, cores, GPU).
-    asv_machine=$("$PYTHON" -m bench.machine)
+    # Named like every machine's asv folder (bench/harness/machine.py: host, CPU, cores, GPU).
+    asv_machine=$("$PYTHON" -m bench.harness.machine)
     echo "== asv: the CUDA entries -> results/asv/$asv_machine"
-    "$PYTHON" -m bench.machine register > /dev/null &&
+    "$PYTHON" -m bench.harness.machine register > /dev/null &&
         "$PYTHON" -m asv run --python=same --set-commit-hash HEAD --machine "$asv_machine" -b "'torch:cuda" &&
-        "$PYTHON" -m bench.asv_results results/asv &&
-        "$PYTHON" -m bench.environment --save results/asv-environment
+        "$PYTHON" -m bench.asvtools.results results/asv &&
+        "$PYTHON" -m bench.harness.environment --save results/asv-environment
     dashboard=$?
 else
     echo "== asv is not installed here: no dashboard results (pip install asv==0.6.6 to add them)"

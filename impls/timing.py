@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 
-def _block(call, number: int) -> float:
+def timed_block(call, number: int) -> float:
+    """Seconds for `number` calls of `call`, back to back."""
     start = time.perf_counter()
     for _ in range(number):
         call()
@@ -24,7 +25,7 @@ def calibrate(call, block_s: float) -> tuple[int, float]:
     and the seconds of the last block tried (`call` is warm)."""
     number = 1
     while True:
-        t = _block(call, number)
+        t = timed_block(call, number)
         if t >= block_s:
             return number, t
         number = max(number + 1, int(number * min(10.0, 1.2 * block_s / max(t, 1e-9))))
@@ -54,7 +55,7 @@ def alternate(
             for side in sides:
                 if settle_s:
                     time.sleep(settle_s)
-                seconds[side] = _block((first, second)[side], numbers[side]) / numbers[side]
+                seconds[side] = timed_block((first, second)[side], numbers[side]) / numbers[side]
             samples.append((seconds[0], seconds[1]))
     finally:
         if gc_was_enabled:

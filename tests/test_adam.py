@@ -23,7 +23,7 @@ def _numpy(w, g, lr):
 def _numba(w, g, lr):
     ns = pytest.importorskip("impls.numba_step")
     m, v = np.zeros_like(w), np.zeros_like(w)
-    ns._adam(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, 1)  # flat, as the step's stretches
+    ns.adam_update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, 1)  # flat, as the step's stretches
     return w, m, v
 
 

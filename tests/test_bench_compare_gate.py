@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bench import environment
+from bench.harness import environment
 
 CELL = "numpy and seed and float32 and sgd and test_step and not batch"
 QUICK = ["--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off"]
@@ -22,7 +22,7 @@ def _pytest_bench(storage, *args):
         sys.executable,
         "-m",
         "pytest",
-        "bench",
+        "bench/pytest_suite",
         "-q",
         "-p",
         "no:cacheprovider",

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import impls
-from bench import environment
+from bench.harness import environment
 from impls import threads
 
 TINY = ["--implementations", "numpy", "--presets", "seed", "--dtypes", "float32", "--no-sweep"]
@@ -52,7 +52,7 @@ def test_a_bad_thread_budget_is_one_line(workspace, value):
         f"python -m bench: error: {threads.ENV} must be a positive integer, got {value!r}"
     ]
     assert_untouched(tmp_path, out)
-    done = run_job(["bench.dynamics_report", "--presets", "seed", "--out", str(out)], {**env, threads.ENV: value})
+    done = run_job(["bench.studies.dynamics", "--presets", "seed", "--out", str(out)], {**env, threads.ENV: value})
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and threads.ENV in done.stderr
     assert_untouched(tmp_path, out)
 
@@ -138,8 +138,8 @@ def test_ctrl_c_during_the_main_job(workspace):
 
 def test_ctrl_c_during_the_dynamics_study(workspace):
     tmp_path, out, env = workspace
-    status, lines = interrupt_after(["bench.dynamics_report", "--presets", "seed", "--out", str(out)], env, "[1/")
+    status, lines = interrupt_after(["bench.studies.dynamics", "--presets", "seed", "--out", str(out)], env, "[1/")
     assert status == 130, lines
-    assert lines[-1] == "python -m bench.dynamics_report: interrupted; earlier results are left as they were"
+    assert lines[-1] == "python -m bench.studies.dynamics: interrupted; earlier results are left as they were"
     assert not any("Traceback" in line for line in lines)
     assert_untouched(tmp_path, out)

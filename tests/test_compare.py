@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import impls
-from bench import compare, environment, grid, machine, paired
+from bench.gate import Refused, compare, output, paired, rounds
+from bench.gate import cells as gate_cells
+from bench.harness import environment, grid, machine
 
 REPO = environment.REPO
 
@@ -28,7 +30,7 @@ def _pytest_selected(expression: str) -> list[str]:
             sys.executable,
             "-m",
             "pytest",
-            "bench/test_step.py",
+            "bench/pytest_suite/test_step.py",
             "--collect-only",
             "-q",
             "-k",
@@ -43,7 +45,7 @@ def _pytest_selected(expression: str) -> list[str]:
     ).stdout
     ids = []
     for line in out.splitlines():
-        if line.startswith("bench/test_step.py::test_step") and "[" in line:
+        if line.startswith("bench/pytest_suite/test_step.py::test_step") and "[" in line:
             test, rest = line.split("::", 1)[1].split("[", 1)
             if test in ("test_step", "test_step_batch_sweep"):
                 ids.append(rest.rstrip("]"))
@@ -55,13 +57,13 @@ def _pytest_selected(expression: str) -> list[str]:
     ["seed and float32", "numba and not numba:parallel and tutorial", "n01024 or (medium and adam and torch)", "SEED"],
 )
 def test_selection_is_pytest_benchmark_s(expression):
-    ours = [c.id for c in compare.select(compare.all_cells(), expression)]
+    ours = [c.id for c in gate_cells.select(gate_cells.all_cells(), expression)]
     theirs = [i for i in _pytest_selected(expression) if i.split("-")[1] not in grid.ACCELERATOR_PRESETS or "cuda" in i]
     assert sorted(ours) == sorted(theirs) and ours
 
 
 def test_default_selection_is_the_cpu_presets_seed_to_medium():
-    cells = compare.select(compare.all_cells(), None)
+    cells = gate_cells.select(gate_cells.all_cells(), None)
     cpu_names = [n for n in impls.names() if grid.device(n) == "cpu"]
     expected = {
         f"{n}-{p}-{d}-{o}"
@@ -75,10 +77,10 @@ def test_default_selection_is_the_cpu_presets_seed_to_medium():
 
 
 def test_selection_refuses_nothing_and_nonsense():
-    with pytest.raises(compare.Refused, match="selects no cell"):
-        compare.select(compare.all_cells(), "no_such_thing")
-    with pytest.raises(compare.Refused, match="not a valid selection"):
-        compare.select(compare.all_cells(), "seed and (")
+    with pytest.raises(Refused, match="selects no cell"):
+        gate_cells.select(gate_cells.all_cells(), "no_such_thing")
+    with pytest.raises(Refused, match="not a valid selection"):
+        gate_cells.select(gate_cells.all_cells(), "seed and (")
 
 
 # --- statistics and verdicts ----------------------------------------------------------------
@@ -269,14 +271,14 @@ def test_committed_results_sit_under_the_name_of_the_cpu_that_made_them():
 
 
 def test_a_duet_gives_each_side_half_the_cpus_within_the_budget(monkeypatch):
-    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     monkeypatch.setenv("STEPBENCH_THREADS", "8")
-    assert compare.duet_split() == (4, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert rounds.duet_split() == (4, [[0, 1, 2, 3], [4, 5, 6, 7]])
     monkeypatch.setenv("STEPBENCH_THREADS", "2")
-    assert compare.duet_split() == (2, [[0, 1], [4, 5]])
-    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda pid: {3})
-    with pytest.raises(compare.Refused, match="two CPUs"):
-        compare.duet_split()
+    assert rounds.duet_split() == (2, [[0, 1], [4, 5]])
+    monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(Refused, match="two CPUs"):
+        rounds.duet_split()
 
 
 def test_ctrl_c_ends_in_one_line_and_leaves_no_worker(tmp_path):
@@ -330,7 +332,7 @@ def test_records_carry_no_path_of_this_machine(monkeypatch, tmp_path):
         "count": 3,
         "spec": "HEAD~1",
     }
-    assert compare.portable(record) == {
+    assert output.portable(record) == {
         "python": "<repo>/.venv/bin/python",
         "impls": ["<cache>/compare-checkouts/abc/impls"],
         "elsewhere": ".../py311/bin/python",

@@ -15,7 +15,10 @@ import urllib.parse
 
 import pytest
 
-from bench import asv_scratch, dashboard, dashboard_browser, environment
+from bench.asvtools import browser as dashboard_browser
+from bench.asvtools import dashboard
+from bench.asvtools import scratch as asv_scratch
+from bench.harness import environment
 
 asv = pytest.importorskip("asv", reason="the dashboard is asv's: envs without asv cannot build it")
 ASV_WWW = pathlib.Path(asv.__file__).parent / "www"

@@ -20,13 +20,14 @@ import time
 import pytest
 
 import impls
-from bench import environment
+from bench.harness import environment
 from impls import agreement, threads
 
 from .conftest import AVAILABLE, require
 
 torch = pytest.importorskip("torch", reason="torch not installed")
 torch_ddp = pytest.importorskip("impls.torch_ddp")
+ddp_ranks = pytest.importorskip("impls.torch_ddp_ranks")
 
 NAME = "torch:cpu:ddp"
 TIMEOUT_S = 3.0  # the collectives' timeout in the failure tests
@@ -59,7 +60,7 @@ def workers_of(parent: int) -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
-        if ppid == parent and b"impls.torch_ddp" in cmdline:
+        if ppid == parent and b"impls.torch_ddp_ranks" in cmdline:
             found.append(int(stat.parent.name))
     return found
 
@@ -89,7 +90,7 @@ def own_step():
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 7, 64])
 def test_rows_split_unevenly_cover_the_batch_once(n, ranks):
-    ranges = torch_ddp.row_ranges(n, ranks)
+    ranges = ddp_ranks.row_ranges(n, ranks)
     assert len(ranges) == ranks and ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(
         stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:], strict=False)
@@ -105,7 +106,7 @@ def test_uneven_splits_agree(n, ranks, optimizer):
     p = impls.Problem(n=n, d=13, h=5, o=3, optimizer=optimizer, lr=agreement.CHECK_LR[optimizer])
     step = impls.create(NAME, p, ranks=ranks)
     assert step.world_size == ranks
-    assert step.replica.local.x.shape[0] == torch_ddp.row_ranges(n, ranks)[0][1]  # rank 0 holds only its share
+    assert step.replica.local.x.shape[0] == ddp_ranks.row_ranges(n, ranks)[0][1]  # rank 0 holds only its share
     agreement.assert_agrees(step)
 
 
@@ -117,7 +118,7 @@ def test_a_rank_that_drops_the_sum_is_caught(own_step, monkeypatch):
         replica.world.all_reduce(replica.local.reduced.clone())  # the workers get their sum; rank 0 ignores it
 
     step = own_step(agreement.check_problem("seed", "float64", "sgd"), ranks=2)
-    monkeypatch.setattr(torch_ddp.Replica, "forward_backward_reduce", local_only)
+    monkeypatch.setattr(ddp_ranks.Replica, "forward_backward_reduce", local_only)
     report = agreement.check(step, steps=0)  # loss and gradients only: no update yet
     assert not report.ok
     assert {c.quantity for c in report.comparisons if not c.ok} >= {"loss", "gw1", "gw2"}
@@ -175,7 +176,7 @@ def test_no_worker_outlives_the_step_in_this_process(own_step):
     assert pids and all(alive(p) for p in pids)
     del step
     gc.collect()
-    assert wait_gone(pids, seconds=torch_ddp.STOP_GRACE_S + 5) == []
+    assert wait_gone(pids, seconds=ddp_ranks.STOP_GRACE_S + 5) == []
     closed = own_step(ranks=3)
     pids = closed.worker_pids()
     closed.close()
@@ -269,10 +270,10 @@ def test_a_taken_port_is_reported(monkeypatch):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setenv(torch_ddp.PORT_ENV, str(port))
+        monkeypatch.setenv(ddp_ranks.PORT_ENV, str(port))
         start = time.monotonic()
         with pytest.raises(
-            RuntimeError, match=rf"^cannot listen on 127.0.0.1:{port} \({torch_ddp.PORT_ENV}\): .*taken"
+            RuntimeError, match=rf"^cannot listen on 127.0.0.1:{port} \({ddp_ranks.PORT_ENV}\): .*taken"
         ):
             impls.create(NAME, impls.Problem.preset("seed"), ranks=2, own_ranks=True)
         assert time.monotonic() - start < TIMEOUT_S
@@ -280,7 +281,7 @@ def test_a_taken_port_is_reported(monkeypatch):
 
 
 def test_the_system_picks_a_free_port_by_default(own_step, monkeypatch):
-    monkeypatch.delenv(torch_ddp.PORT_ENV, raising=False)
+    monkeypatch.delenv(ddp_ranks.PORT_ENV, raising=False)
     first, second = own_step(ranks=2), own_step(ranks=2)  # two worlds at once: two ports
     assert first.ranks.store.port != second.ranks.store.port
     assert first.run(1)[0] == second.run(1)[0]
@@ -307,12 +308,12 @@ def test_bad_settings_name_the_setting(monkeypatch):
         impls.create(NAME, p, ranks=0)
     with pytest.raises(ValueError, match="^option 'device' is not one of torch:cpu:ddp's"):
         impls.create(NAME, p, device="cuda")
-    monkeypatch.setenv(torch_ddp.TIMEOUT_ENV, "soon")
-    with pytest.raises(ValueError, match=f"^{torch_ddp.TIMEOUT_ENV} must be a positive number of seconds, got 'soon'"):
+    monkeypatch.setenv(ddp_ranks.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match=f"^{ddp_ranks.TIMEOUT_ENV} must be a positive number of seconds, got 'soon'"):
         impls.create(NAME, p)
-    monkeypatch.delenv(torch_ddp.TIMEOUT_ENV)
-    monkeypatch.setenv(torch_ddp.PORT_ENV, "http")
-    with pytest.raises(ValueError, match=f"^{torch_ddp.PORT_ENV} must be a TCP port"):
+    monkeypatch.delenv(ddp_ranks.TIMEOUT_ENV)
+    monkeypatch.setenv(ddp_ranks.PORT_ENV, "http")
+    with pytest.raises(ValueError, match=f"^{ddp_ranks.PORT_ENV} must be a TCP port"):
         impls.create(NAME, p)
 
 
@@ -329,11 +330,22 @@ def test_ranks_default_to_the_thread_budget_with_one_thread_each(monkeypatch):
 
 
 def test_torchrun_on_one_node_two_processes(tmp_path):
-    """bench.ddp under torchrun, as a cluster user would start it: rank 0 writes every rank's environment."""
+    """bench.ddp.torchrun under torchrun, as a cluster user would start it: rank 0 writes every rank's environment."""
     require(NAME)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
-    command += ["-m", "bench.ddp", "--presets", "seed", "--dtypes", "float32", "--budget", "0.05", "--out", str(out)]
+    command += [
+        "-m",
+        "bench.ddp.torchrun",
+        "--presets",
+        "seed",
+        "--dtypes",
+        "float32",
+        "--budget",
+        "0.05",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(
         command,
         cwd=environment.REPO,

@@ -3,14 +3,16 @@
 import pytest
 
 import impls
-from bench import dynamics_report as report
+from bench.studies import dynamics as report
+from bench.studies.dynamics_runs import run_config
+from bench.studies.dynamics_text import write_report
 
 NOTEBOOK_RUN = impls.Problem.preset("seed", init="randn", optimizer="sgd", lr=1e-4)
 
 
 def test_report_states_divergence_and_the_update_orders_effect(tmp_path):
-    results = [report.run_config(p, ["numpy"]) for p in (NOTEBOOK_RUN, NOTEBOOK_RUN.replace(lr=1e-3))]
-    text = report.write_report(results, ["numpy"], {"numpy": None}, "numpy", "dynamics.png", {})
+    results = [run_config(p, ["numpy"]) for p in (NOTEBOOK_RUN, NOTEBOOK_RUN.replace(lr=1e-3))]
+    text = write_report(results, ["numpy"], {"numpy": None}, "numpy", "dynamics.png", {})
     assert "**seed**: 1 of 2 (init, optimizer, lr) diverge: randn sgd lr=0.001 (float64 step 2)" in text
     assert "the run's divergence is 3" in text and "comes from the update order, not the learning rate" in text
     assert "`notebook [negative control]`" in text and "`notebook-order [negative control]`" in text

@@ -1,14 +1,11 @@
-"""The timing harnesses' logic: the static grid, setup discipline, new registry entries, reports.
+"""The shared harness: the static grid, setup discipline, new registry entries, timing, the GEMM peak, the environment.
 
-Nothing here is timed: where the main job would time, bench.timing.measure is replaced by
-fixed samples, the GEMM peak and its quick recheck by constants, and the load average too;
-the timing code itself runs on fake clocks.
+Nothing here is timed: the timing code runs on fake clocks, the GEMM peak and its quick
+recheck are constants, and so is the load average.
 """
 
-import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -17,72 +14,10 @@ import pytest
 
 import impls
 import impls.timing
-from bench import (
-    agreement_worker,
-    asv_results,
-    ddp,
-    environment,
-    grid,
-    load,
-    main,
-    peak,
-    prepare,
-    report,
-    timing,
-    training_step,
-    verdicts,
-)
+from bench.harness import environment, grid, load, peak, prepare, timing
 from impls import registry, threads
 
-from .conftest import require
-
-TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would register itself
-GHOST = "ghost:cpu"  # registered, but unavailable here
-WRONG = "numpy:wrong"  # registered, available, and wrong: the checker must stop it before timing
-
-
-@pytest.fixture
-def new_entries(monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, TWIN, registry.Entry("numpy_ref", "NumpyStep"))
-    monkeypatch.setitem(
-        registry._REGISTRY, GHOST, registry.Entry("numpy_ref", "NumpyStep", requires=("no_such_package_for_stepbench",))
-    )
-    monkeypatch.setitem(registry._REGISTRY, WRONG, registry.Entry("negative_controls", "W2NotTransposed"))
-
-
-@pytest.fixture
-def quiet_machine(monkeypatch, tmp_path_factory):
-    """The GEMM peak cached at 100 GFLOP/s and confirmed by its recheck, an idle load average, a private cache."""
-    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.setattr(peak, "gemm_peak_gflops", lambda dtype, device="cpu": 100.0)
-    monkeypatch.setattr(peak, "cached_gflops", lambda dtype, device="cpu": 100.0)
-    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 100.0)
-    monkeypatch.setattr(load, "load_average", lambda: 0.0)
-
-
-@pytest.fixture
-def fake_timing(monkeypatch, quiet_machine):
-    """measure() returns fixed samples (numpy 100 us, the twin 50 us, with one noisy config); records its calls."""
-    calls = []
-
-    def measure(call, **kwargs):
-        step = call.step  # prepare.synced's call knows its step
-        calls.append(step.name)
-        base = 50e-6 if step.name == TWIN else 100e-6
-        spread = 0.5 if step.problem.dtype == "float64" else 0.01  # float64 reads as noisy
-        return timing.Timing([base * (1 - spread)] * 2 + [base] + [base * (1 + spread)] * 2, 1)
-
-    def alternate(first, second, **kwargs):
-        """The step of `first` against numpy's: W ranks take 100/W us (the twin's 50), numpy 100 us."""
-        step = first.step
-        calls.append(step.name)
-        base = 100e-6 / getattr(step, "world_size", 1) if step.name != TWIN else 50e-6
-        return [(base, 100e-6)] * 5
-
-    monkeypatch.setattr(timing, "measure", measure)
-    monkeypatch.setattr(timing, "alternate", alternate)
-    monkeypatch.setattr(ddp, "collective_shares", lambda step: {"all_reduce": 0.25, "control": 0.05})
-    return calls
+from .conftest import GHOST, TWIN, WRONG, require
 
 
 def test_grid_ids_are_static_and_readable():
@@ -160,7 +95,7 @@ def test_a_synced_call_waits_for_the_work_it_queued():
 
 
 class _FakeClock:
-    """perf_counter for bench.timing that moves only when the timed call runs: 1/1024 s a call, exact in binary."""
+    """perf_counter for bench.harness.timing that moves only when the timed call runs: 1/1024 s a call, exact in binary."""
 
     PER_CALL = 2**-10
 
@@ -176,7 +111,7 @@ class _FakeClock:
 
 def test_measure_reports_seconds_per_call_not_per_block(monkeypatch):
     clock = _FakeClock()
-    monkeypatch.setattr(timing, "time", clock)  # these modules' clock only: bench.timing's budget,
+    monkeypatch.setattr(timing, "time", clock)  # these modules' clock only: bench.harness.timing's budget,
     monkeypatch.setattr(impls.timing, "time", clock)  # and impls.timing's blocks
     result = timing.measure(clock.call)
     assert result.number > 1  # calls were grouped in blocks, so a block's time is not a call's
@@ -236,102 +171,6 @@ def test_non_finite_weights_are_caught():
         prepare.assert_finite(step)
 
 
-def test_asv_setup_skips_with_not_implemented_error(new_entries):
-    bench = training_step.Presets()
-    with pytest.raises(NotImplementedError, match="accelerators only"):
-        bench.setup("run", "numpy", "xlarge", "float64", "sgd")
-    with pytest.raises(NotImplementedError, match="not installed"):
-        bench.setup("run", GHOST, "seed", "float64", "sgd")
-
-
-def test_asv_verdicts_are_checked_once_per_problem_in_a_child(monkeypatch, tmp_path):
-    monkeypatch.setattr(verdicts, "ROOT", tmp_path)
-    run = verdicts.new_run()
-    problem = grid.preset_problem("seed", "float32", "sgd")
-    verdict = verdicts.lookup(run, "seed")
-    found = verdict("numpy", problem)
-    assert found.ok and "numpy agrees with" in found.report
-    (written,) = (tmp_path / run).glob("*.json")
-    assert set(json.loads(written.read_text())) == set(grid.IMPLEMENTATIONS)
-
-    def no_second_check(*args):
-        raise AssertionError("checked twice")
-
-    monkeypatch.setattr(verdicts, "_check_in_child", no_second_check)
-    assert verdict("numpy", problem) == found
-
-
-def test_agreement_worker_reports_each_implementation(new_entries):
-    problem = grid.preset_problem("seed", "float64", "sgd")
-    found = agreement_worker.main({"problem": dataclasses.asdict(problem), "names": ["numpy", GHOST, WRONG]})
-    assert found["numpy"]["ok"] and found["numpy"]["worst_ratio"] <= 1
-    assert found[GHOST] == {"unavailable": "no_such_package_for_stepbench not installed"}
-    assert not found[WRONG]["ok"] and "DISAGREES" in found[WRONG]["report"]
-
-
-def test_main_job_covers_new_entries_and_times_only_what_agrees(new_entries, fake_timing):
-    data = main.run(impls.names(), ("seed",), ("float32", "float64"), ("sgd",), sweep=False, budget_s=0)
-    status = {(r["implementation"], r["problem"]["dtype"]): r["status"] for r in data["results"]}
-    assert status[TWIN, "float32"] == status["numpy", "float64"] == "ok"
-    assert status[GHOST, "float32"] == "skipped" and status[WRONG, "float64"] == "disagrees"
-    assert WRONG not in fake_timing and GHOST not in fake_timing  # neither was timed
-    text = report.console(data)
-    assert f"skipped {GHOST}: {GHOST} unavailable: no_such_package_for_stepbench not installed" in text
-    assert f"DISAGREES: {WRONG} at seed float64" in text
-    twin_f32, twin_f64 = (line for line in text.splitlines() if line.startswith(TWIN))
-    numpy_f32, numpy_f64 = (line for line in text.splitlines() if line.startswith("numpy "))
-    # The twin takes half numpy's time: marked fastest, 2x; float64 is flagged noisy, float32 not.
-    # After the speed-up: the setup seconds (create and the agreement check's calls).
-    assert re.search(r" 2\.00x +\d+\.\d\d\* $", twin_f32) and re.search(r" 2\.00x +\d+\.\d\d\*!$", twin_f64)
-    assert re.search(r" 1\.00x +\d+\.\d\d  $", numpy_f32) and re.search(r" 1\.00x +\d+\.\d\d !$", numpy_f64)
-    noisy = sum(r["status"] == "ok" and r["problem"]["dtype"] == "float64" for r in data["results"])
-    assert noisy >= 2 and f"warning: {noisy} of the timings are noisy" in text  # every timed float64 cell
-    ok = next(r for r in data["results"] if r["implementation"] == TWIN and r["status"] == "ok")
-    assert ok["gflops"] == pytest.approx(impls.flops(impls.Problem.preset("seed")) / 50e-6 / 1e9)
-    assert ok["peak_fraction"] == pytest.approx(ok["gflops"] / 100.0)
-    assert 0 < ok["create_s"] < ok["setup_s"] and ok["setup_s"] == pytest.approx(ok["create_s"] + ok["check_s"])
-    md = report.markdown(data)
-    assert f"`{WRONG}` at seed float64 sgd: disagrees" in md and f"- `{GHOST}`:" in md
-
-
-def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
-    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
-    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064", "n00128"))
-    out = tmp_path / "latest"
-    out.mkdir()
-    (out / "dynamics.md").write_text("another job's report")  # make dynamics writes beside make bench
-    # Without the data-parallel runs (their own test below), so the set of files is the same everywhere.
-    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"])
-    written = {p.name for p in out.iterdir()}
-    assert written == {"results.json", "report.md", "scaling.png", "dynamics.md"}
-    assert (out / "dynamics.md").read_text() == "another job's report"
-    data = json.loads((out / "results.json").read_text())
-    assert data["environment"]["threads"]["budget"] >= 1 and "commit" in data["environment"]["git"]
-    assert {r["label"] for r in data["results"]} == {"seed", *grid.SWEEP_IDS}
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(report, "markdown", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
-    assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
-    assert {p.name for p in out.iterdir()} == written
-    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # and no half-written folder beside it
-
-
-def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timing, tmp_path, monkeypatch):
-    monkeypatch.setattr(grid, "SWEEP_N", (64,))
-    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
-    out = tmp_path / "latest"
-    args = ["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"]
-    main.main(args)
-    assert (out / "scaling.png").exists() and "scaling.png" in (out / "report.md").read_text()
-    main.main([*args, "--no-sweep"])
-    assert {p.name for p in out.iterdir()} == {"results.json", "report.md"}
-    assert "scaling.png" not in (out / "report.md").read_text()
-
-
 def test_environment_record_has_what_results_need():
     record = environment.record()
     assert {"machine", "cpu", "cores", "threads", "versions", "git"} <= set(record)
@@ -342,7 +181,7 @@ def test_environment_record_has_what_results_need():
 def test_environment_saved_beside_asv_results_names_blas_and_dirty_flag(tmp_path):
     # As make asv-run runs it: a fresh process, which must load every backend itself and
     # so put each pool on the budget (1 thread here, not the CPUs' count every pool starts at).
-    command = [sys.executable, "-m", "bench.environment", "--save", str(tmp_path)]
+    command = [sys.executable, "-m", "bench.harness.environment", "--save", str(tmp_path)]
     env = {**os.environ, threads.ENV: "1"}
     subprocess.run(command, cwd=environment.REPO, env=env, check=True, capture_output=True, timeout=600)
     (saved,) = tmp_path.iterdir()
@@ -381,75 +220,6 @@ def test_available_for_some_names_imports_only_their_backends():
         impls.available(["nonesuch"])
 
 
-def test_asv_results_keep_no_interpreter_path(tmp_path):
-    machine = tmp_path / "vm"
-    machine.mkdir()
-    python = "/home/someone/checkout/.venv/bin/python3.12"
-    env_name = "existing-py" + python.replace("/", "_")
-    result = {"commit_hash": "0123456789abcdef", "env_name": env_name, "python": python}
-    result["params"] = {"machine": "vm", "python": python}
-    (machine / f"01234567-{env_name}.json").write_text(json.dumps(result))
-    built = {"commit_hash": "0123456789abcdef", "env_name": "virtualenv-py3.11-numpy2.4.6", "python": "3.11"}
-    built["params"] = {"python": "3.11"}
-    (machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").write_text(json.dumps(built))
-    (machine / "machine.json").write_text(json.dumps({"machine": "vm"}))
-
-    assert asv_results.main([str(tmp_path)]) == 0
-    names = sorted(p.name for p in machine.iterdir())
-    assert names == ["01234567-existing-py3.12.json", "01234567-virtualenv-py3.11-numpy2.4.6.json", "machine.json"]
-    for path in machine.iterdir():
-        assert "/home/" not in path.read_text()
-    renamed = json.loads((machine / "01234567-existing-py3.12.json").read_text())
-    assert renamed["python"] == renamed["params"]["python"] == "3.12" and renamed["env_name"] == "existing-py3.12"
-    assert json.loads((machine / "01234567-virtualenv-py3.11-numpy2.4.6.json").read_text()) == built
-
-
-def _asv_result(commit: str, env_name: str, python: str, results: dict) -> dict:
-    """A result file as asv writes it, cut down to what bench.asv_results reads and merges."""
-    return {
-        "commit_hash": commit,
-        "env_name": env_name,
-        "python": python,
-        "params": {"machine": "vm", "python": python},
-        "result_columns": ["result", "params"],
-        "results": results,
-        "durations": {name: 1.0 for name in results},
-    }
-
-
-def test_asv_results_merge_a_second_run_of_one_commit(tmp_path):
-    # make asv-run twice on one commit: asv writes a path-named file again beside the renamed first one.
-    machine = tmp_path / "vm"
-    machine.mkdir()
-    python = "/home/someone/checkout/.venv/bin/python3.11"
-    env_name = "existing-py" + python.replace("/", "_")
-    path_named = machine / f"01234567-{env_name}.json"
-    first = {"a.time_x": [[1.0], []], "a.time_y": [[2.0], []]}
-    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, first)))
-    assert asv_results.main([str(tmp_path)]) == 0
-    second = {"a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}  # a rerun of y, and a benchmark new to this run
-    path_named.write_text(json.dumps(_asv_result("0123456789abcdef", env_name, python, second)))
-
-    assert asv_results.main([str(tmp_path)]) == 0
-    assert [p.name for p in machine.iterdir()] == ["01234567-existing-py3.11.json"]
-    merged = json.loads((machine / "01234567-existing-py3.11.json").read_text())
-    assert merged["results"] == {"a.time_x": [[1.0], []], "a.time_y": [[3.0], []], "a.time_z": [[4.0], []]}
-    assert set(merged["durations"]) == {"a.time_x", "a.time_y", "a.time_z"}
-    assert merged["python"] == "3.11" and "/home/" not in json.dumps(merged)
-
-
-def test_a_busy_machine_is_warned_about_in_every_output(fake_timing, monkeypatch, capsys):
-    monkeypatch.setattr(load, "load_average", lambda: load.cores() + 2.0)  # two more runnable processes than cores
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
-    before, after = data["warnings"]
-    assert before.startswith("before the run, the machine is busy: load average")
-    assert after.startswith("after the run, the machine is busy: load average")
-    stderr = capsys.readouterr().err
-    assert f"warning: {before}" in stderr and f"warning: {after}" in stderr
-    assert f"warning: {before}" in report.console(data)
-    assert "## Warnings" in report.markdown(data) and f"- {after}" in report.markdown(data)
-
-
 def test_the_load_average_counts_only_other_work(monkeypatch):
     monkeypatch.setattr(load, "cores", lambda: 2)
     monkeypatch.setattr(load, "load_average", lambda: 0.3)
@@ -472,90 +242,5 @@ def test_a_cached_peak_is_checked_by_a_quick_product(monkeypatch, tmp_path):
     assert "the machine is busy now" in peak.recheck("float32", "cpu", 100.0)
 
 
-def test_the_main_job_rechecks_the_cached_peak_and_reports_it(fake_timing, monkeypatch):
-    monkeypatch.setattr(
-        peak, "quick_gflops", lambda dtype, device="cpu": 200.0
-    )  # the cached 100 was measured under load
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
-    (warning,) = data["warnings"]
-    assert "cached GEMM peak (float32 on cpu, 100.0 GFLOP/s) is below a quick product" in warning
-    assert f"- {warning}" in report.markdown(data)
-
-
-def test_a_run_whose_speed_changes_is_flagged_by_its_first_cell_timed_again(fake_timing, monkeypatch):
-    calls = []
-
-    def slower_later(call, **kwargs):  # steady within each timing (low IQR), three times slower at the end
-        calls.append(call.step.name)
-        return timing.Timing([100e-6 if len(calls) == 1 else 300e-6] * 5, 1)
-
-    monkeypatch.setattr(timing, "measure", slower_later)
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
-    assert calls == ["numpy", "numpy"] and data["repeat"]["median_s"] == pytest.approx([100e-6, 300e-6])
-    (warning,) = data["warnings"]
-    assert warning.startswith("the machine's speed changed during the run: numpy seed float32 sgd took 100.0 us/step")
-    assert f"warning: {warning}" in report.console(data)
-
-
 def test_the_quick_product_runs():
     assert peak.quick_gflops("float64") > 0  # the code path only: nothing here depends on how fast
-
-
-def test_every_bench_module_imports_where_asv_builds_its_environment():
-    # asv imports every module of bench/ to discover benchmarks, in environments with the pins
-    # of asv.conf.json and without asv itself: a module-level `import asv` breaks `asv run`.
-    modules = sorted(p.stem for p in (environment.REPO / "bench").glob("*.py") if p.stem != "__main__")
-    code = "import sys; sys.modules['asv'] = None\n" + "".join(f"import bench.{m}\n" for m in modules)
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=environment.REPO, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def test_the_asv_scratch_configuration_points_at_this_checkout_from_its_own_folder(tmp_path):
-    # asv changes into the folder of the configuration it is given, so every path in the copy
-    # must lead from there back to this checkout's benchmarks, and its results must stay in .asv/.
-    from bench import asv_scratch
-
-    target = tmp_path / "scratch" / "smoke.conf.json"
-    assert asv_scratch.main([str(environment.REPO / "asv.conf.json"), str(target)]) == 0
-    config = json.loads(target.read_text())
-
-    def resolved(key):
-        return (target.parent / config[key]).resolve()
-
-    assert resolved("repo") == environment.REPO.resolve()
-    assert resolved("benchmark_dir") == (environment.REPO / "bench").resolve()
-    assert resolved("results_dir") == (environment.REPO / ".asv" / "smoke" / "results").resolve()
-    assert resolved("env_dir") == (environment.REPO / ".asv" / "env").resolve()
-    assert not any(os.path.isabs(config[key]) for key in asv_scratch.PATH_KEYS)
-
-
-def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing, tmp_path, monkeypatch):
-    if impls.available(["torch:cpu:ddp"])["torch:cpu:ddp"] is not None:
-        pytest.skip("torch:cpu:ddp cannot run here")
-    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
-    monkeypatch.setattr(grid, "SWEEP_IDS", tuple(grid.sweep_id(n) for n in grid.SWEEP_N))
-    monkeypatch.setattr(ddp, "WEAK_ROWS_PER_RANK", (16,))
-    monkeypatch.setenv(threads.ENV, "2")
-    data = main.run(["numpy", "torch:cpu:ddp"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
-    figures = data["data_parallel"]
-    assert figures["ranks"] == [1, 2] and figures["implementations"] == ["torch:cpu:ddp"]
-    cells = {(c["label"], c["ranks"]): c for c in figures["cells"]}
-    assert set(cells) == {(label, w) for label in ("seed", "n00064", "n00128", "weak-16") for w in (1, 2)}
-    assert all(c["status"] == "ok" and c["agreement_worst_ratio"] <= 1 for c in cells.values())
-    assert cells["weak-16", 2]["problem"]["n"] == 32 and cells["seed", 2]["ratio"] == pytest.approx(0.5)
-    text = report.console(data)
-    assert "torch:cpu:ddp, float32: time over numpy's (alternated)" in text
-    seed_row = next(line for line in text.splitlines() if line.startswith("seed "))
-    assert "1.00x" in seed_row and "0.50x" in seed_row and "25%" in seed_row
-    out = tmp_path / "latest"
-    main.write(data, out)
-    assert (out / "ddp_scaling.png").stat().st_size > 0
-    md = (out / "report.md").read_text()
-    assert "## Data-parallel entries at each rank count" in md and "](ddp_scaling.png)" in md
-    data_no_ddp = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
-    assert data_no_ddp["data_parallel"] is None
-    main.write(data_no_ddp, out)
-    assert not (out / "ddp_scaling.png").exists()  # no stale plot beside results it does not show
-    monkeypatch.delenv(threads.ENV)

@@ -9,9 +9,9 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def readme_snippet(heading: str) -> str:
-    """The first indented code block under `heading` in README.md, dedented."""
-    text = (REPO / "README.md").read_text()
+def readme_snippet(heading: str, page: str = "README.md") -> str:
+    """The first indented code block under `heading` in `page` (README.md or a docs page), dedented."""
+    text = (REPO / page).read_text()
     section = text.split(f"\n{heading}", 1)[1]
     block = re.search(r"\n\n((?:    .*\n|\n)+)", section).group(1)
     return "\n".join(line[4:] for line in block.rstrip().splitlines())

@@ -48,7 +48,7 @@ _GEMM_CALLS = """
     import llvmlite.binding
     from numba.extending import get_cython_function_address
     import impls
-    from impls import numba_step
+    from impls import numba_blas_bridge
 
     # Every call of dgemm counted, then passed on to SciPy's: the step links against this
     # function because its code is compiled here, afresh (an empty NUMBA_CACHE_DIR).
@@ -61,7 +61,7 @@ _GEMM_CALLS = """
         calls.append(1)
         dgemm(*args)
 
-    llvmlite.binding.add_symbol(numba_step.GEMM_SYMBOLS["float64"], ctypes.cast(counted, ctypes.c_void_p).value)
+    llvmlite.binding.add_symbol(numba_blas_bridge.GEMM_SYMBOLS["float64"], ctypes.cast(counted, ctypes.c_void_p).value)
     problem = impls.Problem(n=7, d=13, h=5, o=3, dtype="float64", optimizer="adam", lr=1e-3)
     plans = [("numba:blas", "blas"), ("numba:blas", "loops"), ("numba:blas", "h=loops,ga=loops")]
     for name, plan in [*plans, ("numba:blas", "layout=batch-major"), ("numba", None)]:
@@ -125,10 +125,12 @@ def test_products_beyond_the_trial_size_go_to_blas_untried(nb, monkeypatch):
     assert tried == ["a trial"] and step.trials == {"layout": 2.0}  # the layout's trial only
     assert step.plan == dict.fromkeys(nb.PRODUCTS, "blas") | {"layout": "feature-major"}
     # None of the loops' copies (x.T, w2.T, row-major a and g) is allocated.
-    from impls import numba_step as ns
+    from impls.numba_arena import ALL_PRODUCTS, NO_PRODUCTS, ArenaLayout, arena_size
 
-    padded = ns.padded_shape(n, d, h, o)
-    assert step._arena.buf.size == ns.arena_size(*padded, True, 0) < ns.arena_size(*padded, True, ns.ALL_PRODUCTS)
+    without_loops, with_loops = (
+        ArenaLayout(n, d, h, o, True, may_loop, False) for may_loop in (NO_PRODUCTS, ALL_PRODUCTS)
+    )
+    assert step._arena.buf.size == arena_size(without_loops) < arena_size(with_loops)
     agreement.assert_agrees(step)
 
 

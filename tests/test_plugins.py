@@ -28,7 +28,7 @@ numpy = my_steps:MatmulStep
 def site(tmp_path_factory):
     """A folder holding the README's my_steps.py, a module that fails to import, and their dist-info."""
     root = tmp_path_factory.mktemp("site")
-    (root / "my_steps.py").write_text(readme_snippet("## Implementations from outside") + "\n")
+    (root / "my_steps.py").write_text(readme_snippet("## An example", "docs/plugins.md") + "\n")
     (root / "my_broken_steps.py").write_text('raise ImportError("the demo kernel library is not installed")\n')
     info = root / f"{DIST.replace('-', '_')}-1.0.dist-info"
     info.mkdir()

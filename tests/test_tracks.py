@@ -10,7 +10,8 @@ import itertools
 import pytest
 
 import impls
-from bench import peak, timing, training_step
+from bench.benchmarks import training_step
+from bench.harness import peak, timing
 
 
 class FakeClock:
@@ -153,7 +154,7 @@ def test_time_vs_numpy_is_the_step_over_numpy_on_the_same_problem(clock, monkeyp
 
 
 def test_the_spread_between_runs_is_max_over_min_per_parameter_set_measured_in_all():
-    from bench import asv_spread
+    from bench.asvtools import spread as asv_spread
 
     first = {("t", ("numpy",)): 1.0, ("t", ("numba",)): 2.0}
     second = {("t", ("numpy",)): 1.5, ("t", ("numba",)): 2.0, ("u", ()): 1.0}  # u: in one run only

@@ -1,0 +1,200 @@
+"""One side of `python -m bench compare`: a process that prepares steps from ONE checkout and times blocks on request.
+
+Run as a script by the compare driver, never imported by it:
+
+    PYTHON compare_worker.py --checkout DIR --seed S [--cpus C,C...]
+
+It imports `impls` from DIR (a revision's clean export, or the working tree) with the
+interpreter of the side's environment, and uses only the public API of `impls`, so the
+same worker serves an old revision and a new one, and the harness (setup, warm-up, how a
+block is timed) is identical on both sides: only the code under comparison differs.
+
+Protocol: one JSON object per line, requests on stdin, replies on the original stdout.
+Everything else the process prints (a library's warnings, numba's messages) goes to
+stderr, so nothing can corrupt the replies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+WARM_UP_S = 0.1  # as bench.harness.prepare: JIT compilation and first-touch costs stay out of every timed block
+LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib", "threadpoolctl")
+
+
+def _reply_channel():
+    """The original stdout for replies; fd 1 then points at stderr for anything else that prints."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return replies
+
+
+def _import_impls(checkout: pathlib.Path):
+    here = pathlib.Path(__file__).resolve().parent
+    sys.path[:] = [str(checkout)] + [p for p in sys.path if pathlib.Path(p or ".").resolve() != here]
+    import impls
+
+    found = pathlib.Path(impls.__file__).resolve().parent
+    if found != (checkout / "impls").resolve():
+        raise ImportError(f"impls was imported from {found}, not from the checkout {checkout}")
+    return impls
+
+
+class Worker:
+    def __init__(self, impls, seed: int):
+        import numpy as np
+
+        self.impls = impls
+        self.np = np
+        self.rng = np.random.default_rng(seed)
+        self.steps = {}  # cell id -> prepared step
+        self.padding = []  # kept alive: they shift where this process's arrays land
+
+    def apply_threads(self):
+        try:
+            from impls import threads
+        except ImportError:  # an old revision without the thread budget: the libraries' defaults
+            return None
+        return threads.apply()
+
+    def setup(self, cells, check: bool) -> list[dict]:
+        out = []
+        for cell in cells:
+            # A random allocation before each step moves its buffers to other addresses and
+            # cache sets, so no single memory layout decides a verdict (see bench.gate.compare).
+            self.padding.append(bytearray(int(self.rng.integers(64, 1 << 16))))
+            out.append(self._prepare(cell, check))
+        return out
+
+    def _prepare(self, cell: dict, check: bool) -> dict:
+        impls, name = self.impls, cell["name"]
+        if name not in impls.names():
+            return {"status": "skipped", "reason": f"{name} is not registered in this checkout"}
+        reason = impls.available([name])[name]
+        if reason is not None:
+            return {"status": "skipped", "reason": f"{name} unavailable: {reason}"}
+        try:
+            self.apply_threads()
+            step = impls.create(name, impls.Problem(**cell["problem"]))
+            self.apply_threads()  # again, for a backend whose library was first imported by create
+        except Exception as error:  # noqa: BLE001 - reported to the driver, which names the side and cell
+            return {"status": "error", "reason": f"create failed: {type(error).__name__}: {error}"}
+        result = {"status": "ok"}
+        if check:
+            from impls import agreement
+
+            report = agreement.check(step)
+            result["worst_ratio"] = float(report.worst_ratio)
+            if not report.ok:
+                return {"status": "disagrees", "reason": str(report), "worst_ratio": float(report.worst_ratio)}
+        start = time.perf_counter()
+        calls = 0
+        while calls < 3 or time.perf_counter() - start < WARM_UP_S:
+            self._call(step)
+            calls += 1
+        result["call_s"] = (time.perf_counter() - start) / calls
+        if not self._finite(step):
+            return {"status": "diverged", "reason": "weights are no longer finite after the warm-up"}
+        self.steps[cell["id"]] = step
+        return result
+
+    @staticmethod
+    def _call(step):
+        step.step()
+        step.sync()
+
+    def _finite(self, step) -> bool:
+        w1, w2 = step.weights()
+        return bool(self.np.isfinite(w1).all() and self.np.isfinite(w2).all())
+
+    def time(self, cell_id: str, number: int) -> float:
+        """Seconds per call over `number` calls, after one untimed call that brings the step back into cache."""
+        step = self.steps[cell_id]
+        self._call(step)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(number):
+                self._call(step)
+            elapsed = time.perf_counter() - start
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return elapsed / number
+
+    def finish(self) -> list[str]:
+        """Cells whose weights stopped being finite while they were timed."""
+        return [cell_id for cell_id, step in self.steps.items() if not self._finite(step)]
+
+    def environment(self) -> dict:
+        versions = {"python": platform.python_version()}
+        for name in LIBRARIES:
+            try:
+                versions[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                versions[name] = None
+        try:
+            from impls import threads
+
+            thread_record = threads.describe()
+        except ImportError:
+            thread_record = None
+        return {
+            "python_executable": sys.executable,
+            "impls": str(pathlib.Path(self.impls.__file__).resolve().parent),
+            "names": self.impls.names(),
+            "versions": versions,
+            "threads": thread_record,
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", type=pathlib.Path, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--cpus", default=None, help="pin this process to these CPUs (duet), comma-separated")
+    args = parser.parse_args(argv)
+    replies = _reply_channel()
+
+    def reply(obj):
+        replies.write(json.dumps(obj) + "\n")
+
+    if args.cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    try:
+        worker = Worker(_import_impls(args.checkout.resolve()), args.seed)
+    except Exception as error:  # noqa: BLE001 - the driver turns this into one line and exit 2
+        reply({"error": f"cannot import the suite: {type(error).__name__}: {error}"})
+        return 3
+    reply({"ready": True})
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request["op"]
+        if op == "setup":
+            reply({"cells": worker.setup(request["cells"], request["check"])})
+        elif op == "time":
+            reply({"t": worker.time(request["cell"], request["number"])})
+        elif op == "finish":
+            reply({"diverged": worker.finish()})
+        elif op == "environment":
+            reply({"environment": worker.environment()})
+        elif op == "quit":
+            return 0
+        else:
+            reply({"error": f"unknown request {op!r}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

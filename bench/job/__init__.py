@@ -1,0 +1,1 @@
+"""`make bench` (python -m bench): the main job, its tables and plots."""

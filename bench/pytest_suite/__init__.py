@@ -1,0 +1,1 @@
+"""The pytest-benchmark suite: `pytest bench/pytest_suite` (make bench-save, make bench-compare)."""

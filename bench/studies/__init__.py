@@ -1,0 +1,1 @@
+"""Studies beside the timing: the training dynamics (`make dynamics`)."""

@@ -1,0 +1,172 @@
+"""The main job (`make bench`): what it times, what it writes, what it warns of, and its reports.
+
+Nothing here is timed: bench.harness.timing.measure and alternate are replaced by fixed samples
+(conftest.fake_timing), the GEMM peak and the load average by constants.
+"""
+
+import json
+import re
+
+import pytest
+
+import impls
+import impls.timing
+from bench.ddp import scaling as ddp
+from bench.harness import grid, load, peak, timing
+from bench.job import main, report
+from impls import threads
+
+from .conftest import GHOST, TWIN, WRONG
+
+
+def test_main_job_covers_new_entries_and_times_only_what_agrees(new_entries, fake_timing):
+    data = main.run(impls.names(), ("seed",), ("float32", "float64"), ("sgd",), sweep=False, budget_s=0)
+    status = {(r["implementation"], r["problem"]["dtype"]): r["status"] for r in data["results"]}
+    assert status[TWIN, "float32"] == status["numpy", "float64"] == "ok"
+    assert status[GHOST, "float32"] == "skipped" and status[WRONG, "float64"] == "disagrees"
+    assert WRONG not in fake_timing and GHOST not in fake_timing  # neither was timed
+    text = report.console(data)
+    assert f"skipped {GHOST}: {GHOST} unavailable: no_such_package_for_stepbench not installed" in text
+    assert f"DISAGREES: {WRONG} at seed float64" in text
+    twin_f32, twin_f64 = (line for line in text.splitlines() if line.startswith(TWIN))
+    numpy_f32, numpy_f64 = (line for line in text.splitlines() if line.startswith("numpy "))
+    # The twin takes half numpy's time: marked fastest, 2x; float64 is flagged noisy, float32 not.
+    # After the speed-up: the setup seconds (create and the agreement check's calls).
+    assert re.search(r" 2\.00x +\d+\.\d\d\* $", twin_f32) and re.search(r" 2\.00x +\d+\.\d\d\*!$", twin_f64)
+    assert re.search(r" 1\.00x +\d+\.\d\d  $", numpy_f32) and re.search(r" 1\.00x +\d+\.\d\d !$", numpy_f64)
+    noisy = sum(r["status"] == "ok" and r["problem"]["dtype"] == "float64" for r in data["results"])
+    assert noisy >= 2 and f"warning: {noisy} of the timings are noisy" in text  # every timed float64 cell
+    ok = next(r for r in data["results"] if r["implementation"] == TWIN and r["status"] == "ok")
+    assert ok["gflops"] == pytest.approx(impls.flops(impls.Problem.preset("seed")) / 50e-6 / 1e9)
+    assert ok["peak_fraction"] == pytest.approx(ok["gflops"] / 100.0)
+    assert 0 < ok["create_s"] < ok["setup_s"] and ok["setup_s"] == pytest.approx(ok["create_s"] + ok["check_s"])
+    md = report.markdown(data)
+    assert f"`{WRONG}` at seed float64 sgd: disagrees" in md and f"- `{GHOST}`:" in md
+
+
+def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
+    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064", "n00128"))
+    out = tmp_path / "latest"
+    out.mkdir()
+    (out / "dynamics.md").write_text("another job's report")  # make dynamics writes beside make bench
+    # Without the data-parallel runs (their own test below), so the set of files is the same everywhere.
+    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"])
+    written = {p.name for p in out.iterdir()}
+    assert written == {"results.json", "report.md", "scaling.png", "dynamics.md"}
+    assert (out / "dynamics.md").read_text() == "another job's report"
+    data = json.loads((out / "results.json").read_text())
+    assert data["environment"]["threads"]["budget"] >= 1 and "commit" in data["environment"]["git"]
+    assert {r["label"] for r in data["results"]} == {"seed", *grid.SWEEP_IDS}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "markdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
+    assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
+    assert {p.name for p in out.iterdir()} == written
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # and no half-written folder beside it
+
+
+def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timing, tmp_path, monkeypatch):
+    monkeypatch.setattr(grid, "SWEEP_N", (64,))
+    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
+    out = tmp_path / "latest"
+    args = ["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"]
+    main.main(args)
+    assert (out / "scaling.png").exists() and "scaling.png" in (out / "report.md").read_text()
+    main.main([*args, "--no-sweep"])
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md"}
+    assert "scaling.png" not in (out / "report.md").read_text()
+
+
+def test_a_busy_machine_is_warned_about_in_every_output(fake_timing, monkeypatch, capsys):
+    monkeypatch.setattr(load, "load_average", lambda: load.cores() + 2.0)  # two more runnable processes than cores
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    before, after = data["warnings"]
+    assert before.startswith("before the run, the machine is busy: load average")
+    assert after.startswith("after the run, the machine is busy: load average")
+    stderr = capsys.readouterr().err
+    assert f"warning: {before}" in stderr and f"warning: {after}" in stderr
+    assert f"warning: {before}" in report.console(data)
+    assert "## Warnings" in report.markdown(data) and f"- {after}" in report.markdown(data)
+
+
+def test_the_main_job_rechecks_the_cached_peak_and_reports_it(fake_timing, monkeypatch):
+    monkeypatch.setattr(
+        peak, "quick_gflops", lambda dtype, device="cpu": 200.0
+    )  # the cached 100 was measured under load
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    (warning,) = data["warnings"]
+    assert "cached GEMM peak (float32 on cpu, 100.0 GFLOP/s) is below a quick product" in warning
+    assert f"- {warning}" in report.markdown(data)
+
+
+def test_a_run_whose_speed_changes_is_flagged_by_its_first_cell_timed_again(fake_timing, monkeypatch):
+    calls = []
+
+    def slower_later(call, **kwargs):  # steady within each timing (low IQR), three times slower at the end
+        calls.append(call.step.name)
+        return timing.Timing([100e-6 if len(calls) == 1 else 300e-6] * 5, 1)
+
+    monkeypatch.setattr(timing, "measure", slower_later)
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    assert calls == ["numpy", "numpy"] and data["repeat"]["median_s"] == pytest.approx([100e-6, 300e-6])
+    (warning,) = data["warnings"]
+    assert warning.startswith("the machine's speed changed during the run: numpy seed float32 sgd took 100.0 us/step")
+    assert f"warning: {warning}" in report.console(data)
+
+
+def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing, tmp_path, monkeypatch):
+    if impls.available(["torch:cpu:ddp"])["torch:cpu:ddp"] is not None:
+        pytest.skip("torch:cpu:ddp cannot run here")
+    monkeypatch.setattr(grid, "SWEEP_N", (64, 128))  # a short sweep: its agreement checks are real
+    monkeypatch.setattr(grid, "SWEEP_IDS", tuple(grid.sweep_id(n) for n in grid.SWEEP_N))
+    monkeypatch.setattr(ddp, "WEAK_ROWS_PER_RANK", (16,))
+    monkeypatch.setenv(threads.ENV, "2")
+    data = main.run(["numpy", "torch:cpu:ddp"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    figures = data["data_parallel"]
+    assert figures["ranks"] == [1, 2] and figures["implementations"] == ["torch:cpu:ddp"]
+    cells = {(c["label"], c["ranks"]): c for c in figures["cells"]}
+    assert set(cells) == {(label, w) for label in ("seed", "n00064", "n00128", "weak-16") for w in (1, 2)}
+    assert all(c["status"] == "ok" and c["agreement_worst_ratio"] <= 1 for c in cells.values())
+    assert cells["weak-16", 2]["problem"]["n"] == 32 and cells["seed", 2]["ratio"] == pytest.approx(0.5)
+    text = report.console(data)
+    assert "torch:cpu:ddp, float32: time over numpy's (alternated)" in text
+    seed_row = next(line for line in text.splitlines() if line.startswith("seed "))
+    assert "1.00x" in seed_row and "0.50x" in seed_row and "25%" in seed_row
+    out = tmp_path / "latest"
+    main.write(data, out)
+    assert (out / "ddp_scaling.png").stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "## Data-parallel entries at each rank count" in md and "](ddp_scaling.png)" in md
+    data_no_ddp = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    assert data_no_ddp["data_parallel"] is None
+    main.write(data_no_ddp, out)
+    assert not (out / "ddp_scaling.png").exists()  # no stale plot beside results it does not show
+    monkeypatch.delenv(threads.ENV)
+
+
+def test_the_sweep_heading_names_the_sweeps_optimizer_when_the_presets_ran_adam(fake_timing, monkeypatch):
+    # The sweep always runs SGD (grid.SWEEP_OPTIMIZER); with Adam presets its heading once named Adam.
+    monkeypatch.setattr(grid, "SWEEP_N", (64,))
+    monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
+    data = main.run(["numpy"], ["seed"], ["float32"], ["adam"], True, 0.0, data_parallel=False)
+    text, md = report.console(data), report.markdown(data)
+    assert "float32, adam: median us/step" in text
+    assert "batch sweep, float32, sgd (D=" in text and "batch sweep, float32, adam" not in text
+    assert "## float32, adam" in md and "## Batch sweep (D=1000, H=100, O=10, SGD)" in md
+
+
+def test_the_console_and_markdown_tables_show_the_same_cells(new_entries, fake_timing):
+    """One model, two renderings: every timed cell's time, speed-up and marks appear in both."""
+    data = main.run(["numpy", TWIN], ["seed"], ["float32", "float64"], ["sgd"], False, 0.0, data_parallel=False)
+    text, md = report.console(data), report.markdown(data)
+    for dtype, twin_mark in (("float32", "* "), ("float64", "*!")):
+        row = next(line for line in text.split(f"{dtype}, sgd:")[1].splitlines() if line.startswith(TWIN))
+        assert row.endswith(twin_mark) and " 2.00x " in row
+        md_row = next(line for line in md.split(f"## {dtype}, sgd")[1].splitlines() if line.startswith(f"| `{TWIN}`"))
+        noisy = " (!)" if dtype == "float64" else ""
+        assert f"**50.0 us**{noisy}<br>" in md_row and " · 2.00x · " in md_row
