@@ -1,6 +1,8 @@
 """The suite's one thread budget, applied alike to BLAS, torch and numba, and recorded with results.
 
-The budget is STEPBENCH_THREADS if set and not empty, else the CPUs this process may run on. Backends
+The budget is STEPBENCH_THREADS if set and not empty, else the CPUs this process may run on; a
+budget above those CPUs is refused: threads that outnumber the cores wait for each other at
+every parallel region, and what would be timed is the oversubscription. Backends
 call `apply()` when a step is created, so every library loaded by then runs with the same
 number of threads; `describe()` is what results record.
 """
@@ -15,17 +17,24 @@ ENV = "STEPBENCH_THREADS"
 _blas_limits = None  # keeps threadpoolctl's limit in force for the life of the process
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def budget() -> int:
     """Threads each CPU backend may use."""
     value = os.environ.get(ENV, "").strip()
     if not value:  # unset, or set to nothing (`STEPBENCH_THREADS= make bench`): the default
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return usable_cpus()
     try:
         n = int(value)
     except ValueError:
         n = 0
     if n <= 0:
         raise ValueError(f"{ENV} must be a positive integer, got {value!r}")
+    if n > usable_cpus():
+        raise ValueError(f"{ENV}={n} is more than the {usable_cpus()} CPUs this process may run on")
     return n
 
 
@@ -78,4 +87,4 @@ def _xla_threads() -> int:
     for flag in os.environ.get("XLA_FLAGS", "").split():
         if flag.lstrip("-").startswith("intra_op_parallelism_threads="):
             return int(flag.split("=", 1)[1])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cpus()

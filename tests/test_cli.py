@@ -57,6 +57,16 @@ def test_a_bad_thread_budget_is_one_line(workspace, value):
     assert_untouched(tmp_path, out)
 
 
+def test_a_thread_budget_above_the_cpus_is_one_line(workspace):
+    tmp_path, out, env = workspace
+    done = run_job(["bench", *TINY, "--out", str(out)], {**env, threads.ENV: "999"})
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"python -m bench: error: {threads.ENV}=999 is more than the {threads.usable_cpus()} CPUs this process may run on"
+    ]
+    assert_untouched(tmp_path, out)
+
+
 def test_an_empty_thread_budget_means_the_default(monkeypatch):
     monkeypatch.delenv(threads.ENV, raising=False)
     default = threads.budget()
@@ -143,3 +153,14 @@ def test_ctrl_c_during_the_dynamics_study(workspace):
     assert lines[-1] == "python -m bench.studies.dynamics: interrupted; earlier results are left as they were"
     assert not any("Traceback" in line for line in lines)
     assert_untouched(tmp_path, out)
+
+
+def test_the_help_lists_implementations_the_gate_and_defaults():
+    done = run_job(["bench", "--help"], dict(os.environ))
+    assert done.returncode == 0
+    listed = done.stdout.split("implementations (registry order):\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed if line.startswith("  ")] == impls.names()
+    assert "python -m bench compare BASE [HEAD]" in done.stdout
+    assert "(default: seed tutorial medium)" in done.stdout and "(default: sgd)" in done.stdout
+    out_help = done.stdout.split("\n  --out DIR", 1)[1].split("\n\n", 1)[0]
+    assert "results.json" in " ".join(out_help.split())

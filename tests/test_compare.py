@@ -277,6 +277,7 @@ def test_a_duet_gives_each_side_half_the_cpus_within_the_budget(monkeypatch):
     monkeypatch.setenv("STEPBENCH_THREADS", "2")
     assert rounds.duet_split() == (2, [[0, 1], [4, 5]])
     monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setenv("STEPBENCH_THREADS", "1")  # a budget of 2 on one CPU is refused by the budget itself
     with pytest.raises(Refused, match="two CPUs"):
         rounds.duet_split()
 

@@ -319,6 +319,7 @@ def test_bad_settings_name_the_setting(monkeypatch):
 
 def test_ranks_default_to_the_thread_budget_with_one_thread_each(monkeypatch):
     require(NAME)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)  # a budget of 3 that is neither 1 nor this machine's CPUs
     monkeypatch.setenv(threads.ENV, "3")
     step = impls.create(NAME, impls.Problem.preset("seed"))
     assert step.world_size == 3 and step.describe()["threads_per_rank"] == 1
@@ -361,3 +362,25 @@ def test_torchrun_on_one_node_two_processes(tmp_path):
     assert data["world_size"] == 2
     (result,) = data["results"]
     assert result["status"] == "ok" and result["agreement_worst_ratio"] <= 1 and result["median_s"] > 0
+    # The console line carries what the record does: the time, its spread and the all-reduce's share.
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("torch:cpu:ddp W=2 seed float32 sgd:")]
+    assert f"IQR {result['iqr_ratio']:.0%} of the median" in line
+    assert f"all-reduce {result['all_reduce']:.0%} of the step" in line
+
+
+def test_the_profilers_notices_are_dropped_and_other_native_output_kept(capfd):
+    """torch's profiler writes a `USDT: ... profiler_start` line at each start and stop on native stderr:
+    80 lines of a make bench run. Those go; anything else written meanwhile still reaches the user."""
+    from bench.ddp import scaling
+
+    with scaling.without_profiler_notices():
+        os.write(2, b"USDT:2026-01-01 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a real problem\n")
+    assert capfd.readouterr().err == "a real problem\n"
+    require(NAME)
+    step = impls.create(NAME, impls.Problem.preset("seed"), ranks=2)
+    try:
+        shares = scaling.collective_shares(step, steps=2)
+    finally:
+        step.close()
+    assert shares["all_reduce"] > 0 and "USDT" not in capfd.readouterr().err

@@ -242,5 +242,28 @@ def test_a_cached_peak_is_checked_by_a_quick_product(monkeypatch, tmp_path):
     assert "the machine is busy now" in peak.recheck("float32", "cpu", 100.0)
 
 
+def test_a_cached_peak_beaten_by_a_quick_product_is_measured_again_and_replaced(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(peak, "_measure_cpu", lambda dtype: 100.0)  # measured while another job ran
+    assert peak.checked_peak("float32") == (100.0, None)  # nothing cached: measured and cached
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 150.0)
+    monkeypatch.setattr(peak, "_measure_cpu", lambda dtype: 180.0)  # the machine is quiet again
+    gflops, warning = peak.checked_peak("float32")
+    assert gflops == 180.0 and "measured again: 180.0 GFLOP/s, cached in its place" in warning
+    assert peak.cached_gflops("float32") == 180.0  # not cached for good
+    monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 170.0)
+    assert peak.checked_peak("float32") == (180.0, None)  # within 20%: the cache stands
+
+
+def test_a_float32_peak_not_above_float64_is_warned_about_with_the_files(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPBENCH_CACHE", str(tmp_path))
+    assert peak.dtype_warning({"float32": 210.0, "float64": 108.0}) is None
+    warning = peak.dtype_warning({"float32": 134.0, "float64": 120.0})
+    assert "a ratio of 1.12 where about 2 is expected" in warning
+    assert str(peak.cache_path("float32")) in warning and str(peak.cache_path("float64")) in warning
+    assert peak.dtype_warning({"float32": 134.0, "float64": 120.0}, "cuda") is None  # GPUs differ
+    assert peak.dtype_warning({"float32": 134.0}) is None
+
+
 def test_the_quick_product_runs():
     assert peak.quick_gflops("float64") > 0  # the code path only: nothing here depends on how fast

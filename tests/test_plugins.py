@@ -51,7 +51,12 @@ names = impls.names()
 reasons = impls.available()
 p = agreement.check_problem("seed", "float32", "adam")
 report = agreement.check(impls.create("mine:matmul", p))
-print(json.dumps({"names": names, "reasons": reasons, "agrees": report.ok, "builtin": type(impls.create("numpy", p)).__name__}))
+try:
+    impls.create(names[-1], p)
+    clash = "created"
+except RuntimeError as error:
+    clash = str(error)
+print(json.dumps({"names": names, "reasons": reasons, "agrees": report.ok, "builtin": type(impls.create("numpy", p)).__name__, "clash": clash}))
 """
 
 
@@ -65,6 +70,9 @@ def test_plugins_are_listed_after_the_builtins_and_broken_ones_say_why(site):
     assert "failed to load: ImportError: the demo kernel library is not installed" in reasons["mine:broken-import"]
     assert "not an impls.Step subclass" in reasons["mine:not-a-step"]
     assert "the name 'numpy' is taken by a built-in implementation" in reasons[f"numpy@{DIST}"]
+    # Listed under its new name, it is not usable under it either: the error names the clash.
+    assert out["clash"].startswith(f"numpy@{DIST} cannot run here: plugin numpy = ")
+    assert out["clash"].endswith("the name 'numpy' is taken by a built-in implementation")
     # The built-ins are as they were: numpy is still the reference and usable.
     assert reasons["numpy"] is None and out["builtin"] == "NumpyStep"
 

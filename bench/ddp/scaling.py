@@ -9,7 +9,11 @@ The torchrun entry point for clusters is bench.ddp.torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
+import tempfile
 import time
 
 import impls
@@ -35,6 +39,30 @@ def rank_counts(budget: int) -> list[int]:
     return [*counts, budget]
 
 
+PROFILER_NOTICE = "USDT:"  # torch's profiler (kineto) writes one such line at each start and stop
+
+
+@contextlib.contextmanager
+def without_profiler_notices():
+    """Native stderr (file descriptor 2) through a file while torch's profiler runs: its start and stop
+    notices, two lines a cell, are dropped; anything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(PROFILER_NOTICE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def collective_shares(step: impls.Step, steps: int = PROFILED_STEPS) -> dict[str, float]:
     """The fraction of rank 0's time per step spent in each collective, from torch's profiler.
 
@@ -44,7 +72,7 @@ def collective_shares(step: impls.Step, steps: int = PROFILED_STEPS) -> dict[str
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with without_profiler_notices(), profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             step.step()
@@ -98,7 +126,7 @@ def _cell(name, ranks, label, kind, problem, preset) -> Cell:
     return cell
 
 
-def figures(names, presets, dtypes, optimizers, sweep: bool, progress=None) -> dict:
+def figures(names, presets, dtypes, optimizers, sweep, progress=None) -> dict:
     """Every data-parallel entry in `names` at each rank count, on the presets, the sweep and the weak-scaling sizes."""
     from impls import torch_ddp
 
@@ -106,7 +134,9 @@ def figures(names, presets, dtypes, optimizers, sweep: bool, progress=None) -> d
     counts = rank_counts(threads.budget())
     problems = [(p, "preset", p, grid.preset_problem(p, d, o)) for p in presets for d in dtypes for o in optimizers]
     if sweep:
-        problems += [(n_id, "sweep", None, grid.sweep_problem(n_id, d)) for n_id in grid.SWEEP_IDS for d in dtypes]
+        problems += [
+            (n_id, "sweep", None, grid.sweep_problem(n_id, d)) for n_id in grid.sweep_selection(sweep) for d in dtypes
+        ]
     cells = []
     for name in selected:
         with torch_ddp.shared_ranks():  # one set of workers per rank count for all of this entry's cells

@@ -81,7 +81,12 @@ def torchrun_main(argv=None) -> int:
         for label, problem in problems:
             results.append(_torchrun_result(name, label, problem, world, args.budget))
             r = results[-1]
-            outcome = f"{r['median_s'] * 1e6:10.1f} us/step" if r["status"] == "ok" else r["status"]
+            outcome = (
+                f"{r['median_s'] * 1e6:10.1f} us/step, IQR {r['iqr_ratio']:.0%} of the median, "
+                f"all-reduce {r['all_reduce']:.0%} of the step"
+                if r["status"] == "ok"
+                else r["status"]
+            )
             print(
                 f"{name} W={size} {label} {problem.dtype} {problem.optimizer}: {outcome}", file=sys.stderr, flush=True
             )

@@ -66,6 +66,13 @@ def preset_cases(presets=PRESETS, dtypes=DTYPES, optimizers=OPTIMIZERS, names=No
     return [(n, p, d, o) for p in presets for d in dtypes for o in optimizers for n in names]
 
 
+def sweep_selection(sweep) -> tuple[str, ...]:
+    """The sweep ids a job runs: True for all of them, False or empty for none, else the ids given."""
+    if isinstance(sweep, bool):
+        return SWEEP_IDS if sweep else ()
+    return tuple(sweep)
+
+
 def sweep_cases(n_ids=SWEEP_IDS, dtypes=DTYPES, names=None):
     """(name, n_id, dtype), problem-major."""
     names = impls.names() if names is None else names

@@ -1,7 +1,8 @@
 """`make bench`: check, then time every available implementation; print the tables, write results/latest/.
 
-    python -m bench [--presets seed tutorial medium] [--dtypes float32 float64]
-                    [--optimizers sgd] [--implementations ...] [--no-sweep] [--no-data-parallel] [--out DIR]
+    python -m bench [--presets seed tutorial medium] [--dtypes float32 float64] [--optimizers sgd]
+                    [--implementations ...] [--sweep-sizes n00064 ...] [--no-sweep] [--no-data-parallel]
+                    [--budget S] [--out DIR]
 
 Progress goes to stderr, the tables to stdout. results/latest/ (or --out) gets results.json
 (every measurement and the environment), report.md, scaling.png and, where a data-parallel
@@ -14,6 +15,7 @@ timed again at the end and differing) are warnings: on stderr, in results.json a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -99,8 +101,8 @@ def cases(names, presets, dtypes, optimizers, sweep):
     """(name, problem, label, kind, preset), problem-major so one oracle run serves every implementation."""
     for name, preset, dtype, optimizer in grid.preset_cases(presets, dtypes, optimizers, names):
         yield name, grid.preset_problem(preset, dtype, optimizer), preset, "preset", preset
-    if sweep:
-        for name, n_id, dtype in grid.sweep_cases(grid.SWEEP_IDS, dtypes, names):
+    if grid.sweep_selection(sweep):
+        for name, n_id, dtype in grid.sweep_cases(grid.sweep_selection(sweep), dtypes, names):
             yield name, grid.sweep_problem(n_id, dtype), n_id, "sweep", None
 
 
@@ -117,12 +119,11 @@ def gemm_peaks(devices, dtypes, warnings: list[str]) -> dict:
     for d in devices:
         peaks[d] = {}
         for dtype in dtypes:
-            cached = peak.cached_gflops(dtype, d)
-            if cached is None:
+            if peak.cached_gflops(dtype, d) is None:
                 print(f"measuring the GEMM peak ({dtype} on {d}); cached in {peak.cache_dir()}", file=sys.stderr)
-            peaks[d][dtype] = peak.gemm_peak_gflops(dtype, d)
-            if cached is not None:
-                warn(warnings, peak.recheck(dtype, d, peaks[d][dtype]))
+            peaks[d][dtype], warning = peak.checked_peak(dtype, d)
+            warn(warnings, warning)
+        warn(warnings, peak.dtype_warning(peaks[d], d))
         print(f"GEMM peak ({d}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks[d].items()), file=sys.stderr)
     return peaks
 
@@ -178,13 +179,14 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s, data_parallel=True)
     return {
         "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
         "gemm_peak_gflops": peaks,
+        "gemm_peak_cache": str(peak.cache_dir()),
         "warnings": warnings,
         "repeat": repeat,
         "settings": {
             "presets": list(presets),
             "dtypes": list(dtypes),
             "optimizers": list(optimizers),
-            "sweep": list(grid.SWEEP_IDS) if sweep else [],
+            "sweep": list(grid.sweep_selection(sweep)),
             "budget_s": budget_s,
             "noisy_iqr_ratio": timing.NOISY,
             "reference": grid.REFERENCE,
@@ -252,30 +254,96 @@ def check_settings(names, args) -> None:
         raise cli.Fatal("nothing selected can run here: " + "; ".join(sorted(set(reasons.values()))))
 
 
-def main(argv=None) -> int:
-    parser = cli.Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--implementations", nargs="+", default=None, metavar="NAME", help="default: all registered")
-    parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=grid.PRESETS)
-    parser.add_argument("--dtypes", nargs="+", default=grid.DTYPES, choices=grid.DTYPES)
-    parser.add_argument("--optimizers", nargs="+", default=("sgd",), choices=grid.OPTIMIZERS)
-    parser.add_argument(
-        "--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and the plot's data)"
+class Parser(cli.Parser):
+    """The main job's parser: its help ends with the implementations and whether each runs here.
+
+    Built when help is asked for only: finding out imports every backend, seconds a run need not pay
+    before its settings are checked.
+    """
+
+    def format_help(self) -> str:
+        names = impls.names()
+        try:
+            available = impls.available(names)
+        except ValueError as problem:  # a bad setting (STEPBENCH_THREADS) stops a backend's import
+            available = dict.fromkeys(names, f"unknown ({problem})")
+        listing = "\n".join(
+            f"  {name:<20} {'runs here' if available[name] is None else 'not here: ' + available[name]}"
+            for name in names
+        )
+        return (
+            super().format_help()
+            + f"\nimplementations (registry order):\n{listing}\n\n"
+            + "the regression gate: python -m bench compare BASE [HEAD] ... (python -m bench compare --help)\n"
+        )
+
+
+def parser() -> cli.Parser:
+    p = Parser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    p.add_argument("--implementations", nargs="+", default=None, metavar="NAME", help="default: every one listed below")
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=DEFAULT_PRESETS,
+        choices=grid.PRESETS,
+        help=f"problem sizes (default: {' '.join(DEFAULT_PRESETS)})",
+    )
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=grid.DTYPES,
+        choices=grid.DTYPES,
+        help=f"precisions (default: {' '.join(grid.DTYPES)})",
+    )
+    p.add_argument(
+        "--optimizers", nargs="+", default=("sgd",), choices=grid.OPTIMIZERS, help="update rules (default: sgd)"
+    )
+    p.add_argument(
+        "--sweep-sizes",
+        nargs="+",
+        default=grid.SWEEP_IDS,
+        choices=grid.SWEEP_IDS,
+        metavar="ID",
+        help=f"the batch sweep's sizes (N at D={grid.SWEEP_SHAPE[0]}, H={grid.SWEEP_SHAPE[1]}, "
+        f"O={grid.SWEEP_SHAPE[2]}, SGD; default: all of {' '.join(grid.SWEEP_IDS)}); --presets does not narrow it",
+    )
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the batch sweep (and scaling.png)")
+    p.add_argument(
         "--no-data-parallel",
         dest="data_parallel",
         action="store_false",
         help="skip the data-parallel entries' runs at each rank count (and ddp_scaling.png)",
     )
-    parser.add_argument(
-        "--budget", type=cli.non_negative_seconds, default=0.5, metavar="S", help="seconds of timing per configuration"
+    p.add_argument(
+        "--budget",
+        type=cli.non_negative_seconds,
+        default=0.5,
+        metavar="S",
+        help="seconds of timing per configuration (default: 0.5)",
     )
-    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+    p.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="folder for results.json, report.md and the plots, replaced whole at the end of the run "
+        "(default: results/latest in this checkout)",
+    )
+    return p
+
+
+def main(argv=None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
+    args.sweep = tuple(args.sweep_sizes) if args.sweep else ()
     names = impls.names() if args.implementations is None else args.implementations
     for name in names:
         if name not in impls.names():
-            parser.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
+            parser_.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
     check_settings(names, args)
     data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget, args.data_parallel)
     print(report.console(data))

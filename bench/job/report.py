@@ -35,7 +35,8 @@ def console(data: dict) -> str:
     if above_peak:
         lines.append(
             f"warning: {len(above_peak)} timings exceed the cached GEMM peak; it was measured under load: "
-            "delete it (bench/harness/peak.py says where) and run again"
+            f"delete the gemm-peak-* files in {data.get('gemm_peak_cache', 'the peak cache (bench/harness/peak.py)')} "
+            "and run again"
         )
     lines += [f"warning: {text}" for text in data.get("warnings", [])]  # older results.json have none
     for name, reason in skipped.items():

@@ -142,7 +142,7 @@ def console(table: Table, reference: str, peaks: dict) -> list[str]:
             "once per process)",
             f"{'':<{name_w}}" + "".join(f"{label:>{PRESET_CELL_W - 2}}  " for label in table.labels),
             f"{'implementation':<{name_w}}"
-            + f"{'us/step':>12}{'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}{'setup s':>8}  " * len(table.labels),
+            + f"{'us/step':>12}  {'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}{'setup s':>8}" * len(table.labels),
         ]
     else:
         d, h, o = grid.SWEEP_SHAPE
@@ -163,8 +163,9 @@ def _console_entry(kind: str, e: Entry) -> str:
     noisy = NOISY if e.noisy else " "
     if kind == "sweep":
         return f"{e.us:>12,.1f} ({e.gflops:>5.1f}){noisy}"
+    # The marks belong to the time, so they follow it: after the setup seconds they read as theirs.
     mark = (BEST if e.best else " ") + noisy
-    return f"{e.us:>12,.1f}{e.gflops:>8.2f}{e.peak_percent:>6.1f}%{_speedup_text(e):>9}{_setup_text(e):>8}{mark}"
+    return f"{e.us:>12,.1f}{mark}{e.gflops:>8.2f}{e.peak_percent:>6.1f}%{_speedup_text(e):>9}{_setup_text(e):>8}"
 
 
 # --- markdown --------------------------------------------------------------------------------
