@@ -117,7 +117,9 @@ def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(publis
                 f"p-{name}": repr(value)
                 for name, value in zip(("implementation", "preset", "dtype", "optimizer"), CELL, strict=True)
             }
+            _count_graph_loads(browser)
             browser.open(url + "index.html#" + BENCHMARK + "?" + urllib.parse.urlencode(selection))
+            _wait_until_drawn(browser)
             series = browser.graph_series()
             # One line per environment (asv splits a machine's history where its library versions
             # change). Under load asv can push a line twice when two of its loads overlap: a repeat
@@ -146,6 +148,44 @@ def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(publis
         assert sum(1 for error in browser.errors if expected_404.match(error)) == sum(
             1 for error in browser.errors if error.startswith("Failed to load resource")
         )  # each console 404 is one of the summaries above
+
+
+# A new selection is a change of the address's fragment: the page is not loaded again, so waiting for
+# the network to be idle returns at once, and the plot of the previous selection stays on the page
+# until asv has loaded the new graph files (one per line: a machine's history splits where its library
+# versions change) and redrawn it, once per file. Counted before then, the points were another
+# machine's: 1 where 3 were expected, when the second machine's file came late. So each load of the
+# benchmark's graph files is counted, and the points are read once every load has been handled:
+# asv's handlers, which draw, run as a load completes, before a timeout set at that moment.
+_COUNT_GRAPH_LOADS = """(benchmark) => {
+    const asv = window.$.asv;
+    if (!asv.stepbenchLoads) {
+        const load = asv.load_graph_data;
+        const loads = {pending: 0, handled: 0, benchmark: null};
+        asv.load_graph_data = function (url, ...rest) {
+            const promise = load.call(this, url, ...rest);
+            if (!url.startsWith("graphs/summary/") && url.endsWith("/" + loads.benchmark + ".json")) {
+                loads.pending += 1;
+                promise.always(() => setTimeout(() => { loads.pending -= 1; loads.handled += 1; }, 0));
+            }
+            return promise;
+        };
+        asv.stepbenchLoads = loads;
+    }
+    asv.stepbenchLoads.benchmark = benchmark;
+    asv.stepbenchLoads.handled = 0;
+}"""
+_ALL_GRAPH_LOADS_HANDLED = "() => $.asv.stepbenchLoads.handled > 0 && $.asv.stepbenchLoads.pending === 0"
+
+
+def _count_graph_loads(browser) -> None:
+    """From now on, count the loads of BENCHMARK's graph files (the page is asv's, already open)."""
+    browser.page.evaluate(_COUNT_GRAPH_LOADS, BENCHMARK)
+
+
+def _wait_until_drawn(browser) -> None:
+    """Wait until every graph file the selection asked for has been loaded and drawn."""
+    browser.page.wait_for_function(_ALL_GRAPH_LOADS_HANDLED, timeout=dashboard_browser.TIMEOUT_MS)
 
 
 def _benchmarks_with_results() -> set[str]:

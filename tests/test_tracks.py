@@ -6,12 +6,18 @@ each fake call advances by a fixed amount, so the expected values are exact.
 
 import inspect
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 import impls
 from bench.benchmarks import training_step
-from bench.harness import peak, timing
+from bench.harness import environment, peak, timing
+
+REPO = environment.REPO
 
 
 class FakeClock:
@@ -177,3 +183,33 @@ def test_the_ratios_are_measured_on_one_thread_per_library_and_the_budget_comes_
     training_step._alternate(None, None)
     assert seen == [{training_step.RATIO_THREADS}] == [{1}]
     assert _blas_threads() == {2}
+
+
+_RATIO_SETTINGS = """
+import importlib, json, os
+from bench.harness import timing
+from bench.benchmarks import training_step
+
+seen = []
+timing.alternate = lambda first, second, **settings: seen.append(settings) or []
+training_step._alternate(None, None)
+os.environ["STEPBENCH_SMOKE"] = "1"
+importlib.reload(training_step)
+training_step._alternate(None, None)
+print(json.dumps(seen))
+"""
+
+
+def test_the_ratio_tracks_measure_in_earnest_unless_the_smoke_run_asks_otherwise():
+    # make test's asv run sets STEPBENCH_SMOKE (one pair of empty blocks: the tracks run, their values
+    # mean nothing). A run without it, as asv's own, must get the settings the tracks were measured with.
+    # Read in a fresh process without the variable: this one may have it, and reads it at import.
+    env = {k: v for k, v in os.environ.items() if k != "STEPBENCH_SMOKE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RATIO_SETTINGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    default, smoke = json.loads(done.stdout.splitlines()[-1])
+    settings = ("pairs", "block_s", "settle_s")
+    assert {k: default[k] for k in settings} == {"pairs": 12, "block_s": 0.02, "settle_s": 0.12}
+    assert {k: smoke[k] for k in settings} == {"pairs": 1, "block_s": 0.0, "settle_s": 0.0}

@@ -1,0 +1,333 @@
+"""The regression gate's decisions, driven by scripted block times: which side runs where and when, how
+many calls a block holds, which pairs land in which round, and which verdict and exit status follow.
+
+The two sides' worker processes (bench.gate.workers.WorkerProcess) are replaced by ScriptedWorkers,
+which answer every request from a script instead of running a step, and log what the gate asked
+and in which order. Everything the gate decides is then observable, and every expected value
+exact: nothing here reads a real clock.
+"""
+
+import collections
+import io
+import json
+import os
+import sys
+
+import pytest
+
+from bench.gate import cells as gate_cells
+from bench.gate import compare, rounds, sides, workers
+from bench.harness import environment
+
+CELL = "numpy and seed and float32 and sgd"
+CPUS = {0, 1, 2, 3}  # the machine the duet splits in these tests: [0, 1] and [2, 3]
+
+
+def wobble(r: int, k: int) -> float:
+    """A small, fixed, uneven spread (within 0.6%) so that every interval has a width."""
+    return 1 + 0.003 * ((7 * k + 3 * r) % 5 - 2)
+
+
+def ratio_script(*ratio_by_round, base_s=100e-6):
+    """Seconds per call: BASE base_s, HEAD base_s x the round's ratio, each with a wobble of its own."""
+
+    def per_call(role, r, cell_id, k):
+        if role == "base":
+            return base_s * wobble(r, k)
+        return base_s * ratio_by_round[r % len(ratio_by_round)] * wobble(r + 1, k)
+
+    return per_call
+
+
+class ScriptedWorkers:
+    """Stands in for WorkerProcess (called with its arguments); each instance is one side's process of one round.
+
+    per_call(role, round, cell_id, k): the seconds per call that the k-th block of that side, cell and
+    round reports. call_s: each side's seconds per call in the warm-up (which sizes the blocks).
+    setup_status: {(role, cell_id): status} for a side that fails a cell at setup (disagrees, error).
+    """
+
+    def __init__(self, per_call, call_s=None, setup_status=None):
+        self.per_call = per_call
+        self.call_s = call_s or {"base": 1e-4, "head": 1e-4}
+        self.setup_status = setup_status or {}
+        self.started = []  # (role, round, seed, budget, cpus, passive)
+        self.log = []  # (event, role, round, request or reply), in the order the gate caused them
+        self.blocks = collections.Counter()  # (role, round, cell_id) -> blocks answered
+
+    def __call__(self, side, seed, budget, cpus=None, passive=True):
+        r = sum(1 for s in self.started if s[0] == side.role)
+        self.started.append((side.role, r, seed, budget, None if cpus is None else list(cpus), passive))
+        return _Process(self, side.role, r)
+
+    def time_requests(self):
+        """(role, round, cell_id, number) of each block asked for, in the order asked."""
+        return [
+            (role, r, req["cell"], req["number"])
+            for ev, role, r, req in self.log
+            if ev == "send" and req["op"] == "time"
+        ]
+
+
+class _Process:
+    def __init__(self, script: ScriptedWorkers, role: str, r: int):
+        self.script, self.role, self.round = script, role, r
+        self.replies = collections.deque()
+
+    def _answer(self, request: dict) -> dict:
+        op = request["op"]
+        if op == "environment":
+            return {"environment": {"impls": f"scripted {self.role}", "threads": None}}
+        if op == "setup":
+            out = []
+            for cell in request["cells"]:
+                status = self.script.setup_status.get((self.role, cell["id"]), "ok")
+                got = {"status": status, "reason": f"scripted {status}"}
+                if status == "ok":
+                    got["call_s"] = self.script.call_s[self.role]
+                if request["check"]:
+                    got["worst_ratio"] = 0.1 if status == "ok" else 3.0
+                out.append(got)
+            return {"cells": out}
+        if op == "time":
+            key = (self.role, self.round, request["cell"])
+            k = self.script.blocks[key]
+            self.script.blocks[key] += 1
+            return {"t": self.script.per_call(self.role, self.round, request["cell"], k)}
+        if op == "finish":
+            return {"diverged": []}
+        raise AssertionError(f"the gate asked a worker for {op!r}")
+
+    def send(self, **request) -> None:
+        self.script.log.append(("send", self.role, self.round, request))
+        self.replies.append(self._answer(request))
+
+    def read(self) -> dict:
+        reply = self.replies.popleft()
+        self.script.log.append(("read", self.role, self.round, reply))
+        return reply
+
+    def ask(self, **request) -> dict:
+        self.send(**request)
+        return self.read()
+
+    def close(self) -> None:
+        self.script.log.append(("close", self.role, self.round, {}))
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Four CPUs and no thread budget set: a duet gives each side two; the export of a revision is skipped."""
+    monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: set(CPUS))
+    monkeypatch.delenv("STEPBENCH_THREADS", raising=False)
+    monkeypatch.setattr(compare, "export", lambda commit: environment.REPO)  # scripted workers import nothing
+
+
+def install(monkeypatch, script: ScriptedWorkers) -> ScriptedWorkers:
+    monkeypatch.setattr(rounds, "WorkerProcess", script)
+    return script
+
+
+def _sides():
+    return (
+        sides.Side("base", "BASE", "b" * 40, False, sys.executable, environment.REPO),
+        sides.Side("head", "HEAD", "h" * 40, False, sys.executable, environment.REPO),
+    )
+
+
+def _run(script, procedure, select=CELL, **settings):
+    cells = gate_cells.select(gate_cells.all_cells(), select)
+    rounds.run(*_sides(), cells, rounds.Settings(procedure=procedure, **settings))
+    return cells
+
+
+def _pairs_of_blocks(log):
+    """The time requests and their replies, grouped in pairs of blocks (one per side), as (event, role) lists."""
+    timed = [(ev, role) for ev, role, _, msg in log if (ev == "send" and msg.get("op") == "time") or "t" in msg]
+    return [timed[i : i + 4] for i in range(0, len(timed), 4)]
+
+
+# --- where and when each side's blocks run ----------------------------------------------------
+
+
+def test_a_duet_runs_both_blocks_at_once_and_the_sides_swap_cpus_every_round(monkeypatch, machine):
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+    (cell,) = _run(script, "duet", rounds=3, pairs=4)
+    halves = [[0, 1], [2, 3]]
+    for role, r, _, budget, cpus, _ in script.started:
+        assert budget == 2  # half the CPUs each, as many threads as CPUs
+        assert cpus == halves[(r + (role == "head")) % 2], (role, r)  # base [0,1], [2,3], [0,1]; head the reverse
+    pairs = _pairs_of_blocks(script.log)
+    assert len(pairs) == 3 * 4
+    # Both blocks are asked for before either is read: they run at the same time.
+    assert all(p == [("send", "base"), ("send", "head"), ("read", "base"), ("read", "head")] for p in pairs)
+    assert cell.first == [["both"] * 4] * 3
+
+
+def test_interleave_runs_the_blocks_one_after_the_other_in_a_random_order_per_pair(monkeypatch, machine):
+    orders = {}
+    for seed in (0, 1):
+        script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+        (cell,) = _run(script, "interleave", rounds=2, pairs=16, seed=seed)
+        # Every side has the whole machine: no CPUs of its own, the full thread budget.
+        assert [(cpus, budget) for _, _, _, budget, cpus, _ in script.started] == [(None, len(CPUS))] * 4
+        pairs = _pairs_of_blocks(script.log)
+        firsts = []
+        for p in pairs:
+            (first, a), (read_first, b), (second, c), (read_second, d) = p
+            assert (first, read_first, second, read_second) == ("send", "read", "send", "read")  # one block at a time
+            assert a == b != c == d
+            firsts.append(a)
+        assert [f for per_round in cell.first for f in per_round] == firsts  # the record says what ran first
+        assert set(firsts) == {"base", "head"}  # both orders occur ...
+        assert any(x == y for x, y in zip(firsts, firsts[1:], strict=False))  # ... not by simple alternation
+        orders[seed] = firsts
+    assert orders[0] != orders[1]  # ... and the seed decides them
+
+
+@pytest.mark.parametrize("procedure", ["duet", "interleave"])
+def test_both_sides_blocks_hold_the_same_number_of_calls_sized_from_bases_call(monkeypatch, machine, procedure):
+    # HEAD's call is 3x BASE's: a block of 20 ms holds ceil(0.02 / 3e-3) = 7 of BASE's calls, on both sides.
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(3.0), call_s={"base": 3e-3, "head": 9e-3}))
+    (cell,) = _run(script, procedure, rounds=2, pairs=3, block_s=0.02)
+    requests = script.time_requests()
+    assert len(requests) == 2 * 2 * 3
+    assert {(role, number) for role, _, _, number in requests} == {("base", 7), ("head", 7)}
+    assert cell.number == 7
+
+
+def test_each_round_is_a_fresh_process_per_side_and_keeps_its_own_pairs_as_base_head(monkeypatch, machine):
+    def per_call(role, r, cell_id, k):  # the value says where it came from: side, round, block
+        return (1 + r) * 1e-3 + k * 1e-6 + (5e-4 if role == "head" else 0.0)
+
+    script = install(monkeypatch, ScriptedWorkers(per_call))
+    (cell,) = _run(script, "interleave", rounds=3, pairs=4)
+    assert [(role, r) for role, r, *_ in script.started] == [(role, r) for r in range(3) for role in ("base", "head")]
+    assert len({seed for _, _, seed, *_ in script.started}) == 6  # every process its own memory layout
+    closed = [(role, r) for ev, role, r, _ in script.log if ev == "close"]
+    assert sorted(closed) == sorted((role, r) for r in range(3) for role in ("base", "head"))
+    assert cell.pairs == [[(per_call("base", r, 0, k), per_call("head", r, 0, k)) for k in range(4)] for r in range(3)]
+
+
+def test_every_cell_gets_one_pair_per_sweep_in_a_new_order(monkeypatch, machine):
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+    cells = _run(script, "duet", select="numpy and seed", rounds=2, pairs=6)
+    assert len(cells) == 4 and all([len(p) for p in c.pairs] == [6, 6] for c in cells)
+    order = [cell for role, _, cell, _ in script.time_requests() if role == "base"]
+    sweeps = [tuple(order[i : i + 4]) for i in range(0, len(order), 4)]
+    assert all(sorted(s) == sorted(c.id for c in cells) for s in sweeps)  # each cell once per sweep ...
+    assert len(set(sweeps)) > 1  # ... shuffled anew
+
+
+# --- from intervals to verdicts and exit statuses, through the command line ------------------
+
+
+def _compare(monkeypatch, tmp_path, script, *args):
+    install(monkeypatch, script)
+    out = tmp_path / "c.json"
+    status = compare.main(["HEAD", "HEAD", "-k", CELL, "--rounds", "4", "--pairs", "8", "--json", str(out), *args])
+    return status, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "args", "verdict", "status"),
+    [
+        ((1.5,), (), "slower", 1),
+        ((1.0,), (), "same", 0),
+        ((0.6,), (), "faster", 0),
+        # Two rounds 12% slower, two the same: the median is 6% slower, but the rounds disagree.
+        ((1.12, 1.0), (), "unsure", 0),
+        # 8% slower: beyond a threshold of 5%, within one of 10%.
+        ((1.08,), ("--threshold", "0.05"), "slower", 1),
+        ((1.08,), ("--threshold", "0.10"), "same", 0),
+        ((1 / 1.08,), ("--threshold", "0.10"), "same", 0),
+        ((1 / 1.08,), ("--threshold", "0.05"), "faster", 0),
+    ],
+)
+def test_the_verdict_and_exit_status_follow_from_the_interval_and_the_threshold(
+    monkeypatch, machine, tmp_path, ratios, args, verdict, status
+):
+    got, data = _compare(monkeypatch, tmp_path, ScriptedWorkers(ratio_script(*ratios)), *args)
+    (row,) = data["cells"]
+    assert (row["verdict"], got) == (verdict, status), row["why"]
+    if len(ratios) == 2:
+        assert row["ratio"] > 1.05  # the point estimate alone would have called it slower
+    threshold = float(args[1]) if args else 0.05
+    assert data["settings"]["threshold"] == threshold and data["settings"]["confidence"] == 0.95
+    # The record keeps every pair as (BASE, HEAD) seconds per call, per round.
+    script = ratio_script(*ratios)
+    assert row["pairs"] == [
+        [[script(role, r, CELL, k) for role in ("base", "head")] for k in range(8)] for r in range(4)
+    ]
+
+
+def test_the_ratio_is_heads_time_over_bases(monkeypatch, machine, tmp_path):
+    status, data = _compare(monkeypatch, tmp_path, ScriptedWorkers(ratio_script(2.0)))
+    (row,) = data["cells"]
+    assert row["ratio"] == pytest.approx(2.0, rel=0.01) and row["low"] > 1.9 and row["high"] < 2.1
+    assert row["head_median_s"] == pytest.approx(2 * row["base_median_s"], rel=0.01)
+    assert status == 1
+
+
+@pytest.mark.parametrize(("role", "verdict", "status"), [("head", "disagrees", 1), ("base", "skipped", 0)])
+def test_a_side_that_disagrees_fails_the_gate_only_when_it_is_head(
+    monkeypatch, machine, tmp_path, role, verdict, status
+):
+    cell_id = "numpy-seed-float32-sgd"
+    script = ScriptedWorkers(ratio_script(1.0), setup_status={(role, cell_id): "disagrees"})
+    got, data = _compare(monkeypatch, tmp_path, script)
+    (row,) = data["cells"]
+    assert (row["verdict"], got) == (verdict, status)
+    assert script.time_requests() == []  # never timed
+
+
+@pytest.mark.parametrize(
+    "args", [["HEAD", "--rounds", "1"], ["HEAD", "--pairs", "1"], ["HEAD", "--threshold", "1.5"], ["no-such-rev-xyz"]]
+)
+def test_bad_arguments_exit_2_before_any_worker_starts(monkeypatch, machine, args):
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+    assert compare.main([*args, "-k", CELL]) == 2
+    assert script.started == []
+
+
+def test_a_duet_without_two_cpus_exits_2(monkeypatch, machine):
+    monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: {0})
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+    assert compare.main(["HEAD", "HEAD", "-k", CELL, "--procedure", "duet"]) == 2
+    assert script.started == []
+
+
+# --- what a worker process is started with -------------------------------------------------------
+
+
+def test_a_worker_runs_its_sides_checkout_and_interpreter_pinned_with_the_budget_and_sleeping_pools(monkeypatch):
+    started = []
+
+    class Popen:  # records the command and answers the worker's first line
+        def __init__(self, command, env, **kwargs):
+            started.append((command, env))
+            self.stdout = io.StringIO('{"ready": true}\n')
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Popen)
+    base, _ = _sides()
+    base.python, base.checkout = "/envs/py-base/bin/python", environment.REPO / "some-export"
+    workers.WorkerProcess(base, seed=11, budget=2, cpus=[2, 3], passive=True)
+    workers.WorkerProcess(base, seed=12, budget=4, cpus=None, passive=False)
+    (pinned, pinned_env), (free, free_env) = started
+    assert pinned == [
+        base.python,
+        str(workers.WORKER),
+        "--checkout",
+        str(base.checkout),
+        "--seed",
+        "11",
+        "--cpus",
+        "2,3",
+    ]
+    assert free == [base.python, str(workers.WORKER), "--checkout", str(base.checkout), "--seed", "12"]
+    assert pinned_env["STEPBENCH_THREADS"] == "2" and free_env["STEPBENCH_THREADS"] == "4"
+    assert {k: pinned_env[k] for k in workers.PASSIVE_WAITS} == {
+        "OPENBLAS_THREAD_TIMEOUT": "4",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    assert all(free_env.get(k) == os.environ.get(k) for k in workers.PASSIVE_WAITS)  # --no-passive: as they were
