@@ -6,7 +6,7 @@ harness/       what every harness shares: the grid, setup and agreement verdicts
 pytest_suite/  the pytest-benchmark suite
 job/           `make bench` (python -m bench): the main job, its tables and plots
 gate/          `python -m bench compare`: the regression gate
-asvtools/      asv's results, scratch configurations, spreads, and the offline dashboard
+asvtools/      asv's results, scratch configurations, spreads, a full run's estimate, and the offline dashboard
 ddp/           the data-parallel figures of `make bench` and the torchrun entry point
 studies/       the training-dynamics study (`make dynamics`)
 """

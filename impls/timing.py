@@ -32,7 +32,14 @@ def calibrate(call, block_s: float) -> tuple[int, float]:
 
 
 def alternate(
-    first, second, pairs: int = 15, block_s: float = 0.01, settle_s: float = 0.0, seed: int = 0
+    first,
+    second,
+    pairs: int = 15,
+    block_s: float = 0.01,
+    settle_s: float = 0.0,
+    seed: int = 0,
+    min_pairs: int | None = None,
+    budget_s: float | None = None,
 ) -> list[tuple[float, float]]:
     """Seconds per call of two calls measured in alternating blocks: one (first, second) pair per block pair.
 
@@ -42,14 +49,22 @@ def alternate(
     other has warmed the caches. After each block the process sleeps settle_s, so that
     thread pools which keep spinning after a call (OpenBLAS's, for about 0.1 s) are asleep
     before the other side's block: otherwise they hold a core that block needs.
+
+    `pairs` pairs, or with `budget_s`: at least `min_pairs`, more until budget_s seconds have
+    passed since the first, at most `pairs`. Blocks of calls that each last seconds need
+    fewer pairs than blocks of a few milliseconds, and would otherwise take minutes.
     """
     numbers = (calibrate(first, block_s)[0], calibrate(second, block_s)[0])
     order = np.random.default_rng(seed).integers(0, 2, size=pairs)
+    least = pairs if budget_s is None else min(pairs, 1 if min_pairs is None else min_pairs)
     samples = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    start = time.perf_counter()
     try:
         for swap in order:
+            if budget_s is not None and len(samples) >= least and time.perf_counter() - start >= budget_s:
+                break
             sides = (1, 0) if swap else (0, 1)
             seconds = [0.0, 0.0]
             for side in sides:

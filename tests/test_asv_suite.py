@@ -9,15 +9,17 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
+import impls
 from bench.asvtools import results as asv_results
 from bench.asvtools import smoke
 from bench.benchmarks import training_step
 from bench.harness import agreement_worker, environment, grid, verdicts
 
-from .conftest import GHOST, WRONG
+from .conftest import GHOST, TWIN, WRONG
 
 
 def test_asv_setup_skips_with_not_implemented_error(new_entries):
@@ -28,21 +30,121 @@ def test_asv_setup_skips_with_not_implemented_error(new_entries):
         bench.setup("run", GHOST, "seed", "float64", "sgd")
 
 
-def test_asv_verdicts_are_checked_once_per_problem_in_a_child(monkeypatch, tmp_path):
+def test_asv_verdicts_check_only_the_implementation_being_set_up(monkeypatch, tmp_path):
+    # `asv run -b numba:blas` must not check the grid's other implementations: each verdict comes from
+    # a child that checks the one implementation asked for, once per problem and run, and leaves the
+    # problem's oracle beside it for the other implementations' children.
     monkeypatch.setattr(verdicts, "ROOT", tmp_path)
     run = verdicts.new_run()
     problem = grid.preset_problem("seed", "float32", "sgd")
-    verdict = verdicts.lookup(run, "seed")
+    children = []
+    check_in_child = verdicts._check_in_child
+    monkeypatch.setattr(
+        verdicts, "_check_in_child", lambda spec, path: children.append(spec["names"]) or check_in_child(spec, path)
+    )
+    verdict = verdicts.lookup(run)
     found = verdict("numpy", problem)
     assert found.ok and "numpy agrees with" in found.report
-    (written,) = (tmp_path / run).glob("*.json")
-    assert set(json.loads(written.read_text())) == set(grid.IMPLEMENTATIONS)
+    assert children == [["numpy"]]
+    folder = verdicts.problem_folder(run, problem)
+    assert sorted(p.name for p in folder.iterdir()) == ["numpy.json", verdicts.ORACLE]
+    assert json.loads((folder / "numpy.json").read_text())["numpy"]["oracle"] == "computed"
 
-    def no_second_check(*args):
-        raise AssertionError("checked twice")
+    assert verdict("numpy", problem) == found  # no second child
+    assert children == [["numpy"]]
 
-    monkeypatch.setattr(verdicts, "_check_in_child", no_second_check)
-    assert verdict("numpy", problem) == found
+
+def test_the_agreement_worker_reads_the_oracle_of_its_problem_and_inputs_only(new_entries, monkeypatch, tmp_path):
+    from impls import agreement
+
+    problem = grid.preset_problem("seed", "float64", "adam")
+    spec = {"problem": dataclasses.asdict(problem), "names": ["numpy"], "oracle": str(tmp_path / "oracle.npz")}
+    first = agreement_worker.main(spec)
+    assert first["numpy"]["oracle"] == "computed" and first["numpy"]["ok"]
+
+    computed = []
+    oracle = agreement.oracle
+    monkeypatch.setattr(agreement, "oracle", lambda *args, **kwargs: computed.append(args) or oracle(*args, **kwargs))
+    second = agreement_worker.main(spec | {"names": [TWIN, WRONG]})
+    assert computed == []  # the other implementations are checked against the oracle on file
+    assert second[TWIN]["oracle"] == "read" and second[TWIN]["worst_ratio"] == first["numpy"]["worst_ratio"]
+    assert not second[WRONG]["ok"] and "DISAGREES" in second[WRONG]["report"]
+
+    # Same inputs, another optimizer: that file is not this problem's oracle.
+    other = grid.preset_problem("seed", "float64", "sgd")
+    third = agreement_worker.main(spec | {"problem": dataclasses.asdict(other)})
+    assert third["numpy"]["oracle"] == "computed" and third["numpy"]["ok"] and len(computed) == 1
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # jax's, in this process; the child runs numpy only
+def test_a_verdict_from_a_forked_child_is_the_same_as_from_a_new_process(monkeypatch, tmp_path):
+    # asv's benchmark processes fork the child before they create anything: it starts with the
+    # backends imported. Elsewhere (threads running) the child is a new process.
+    monkeypatch.setattr(verdicts, "ROOT", tmp_path)
+    problem = grid.preset_problem("seed", "float64", "sgd")
+    forked = []
+    fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forked.append(True) or fork())
+
+    monkeypatch.setattr(verdicts, "may_fork", lambda: True)
+    by_fork = verdicts.lookup(verdicts.new_run())("numpy", problem)
+    assert forked == [True]
+    monkeypatch.setattr(verdicts, "may_fork", lambda: False)
+    by_new_process = verdicts.lookup(verdicts.new_run())("numpy", problem)
+    assert forked == [True]
+    assert by_fork == by_new_process and by_fork.ok
+
+
+def test_prepare_takes_the_verdict_before_it_creates_the_step_and_creates_the_step_checked(monkeypatch):
+    from bench.harness import prepare
+
+    events = []
+    create = impls.create
+    monkeypatch.setattr(
+        impls, "create", lambda name, problem, **options: events.append(("create", options)) or create(name, problem)
+    )
+    problem = grid.preset_problem("seed", "float32", "sgd")
+    checked = prepare.Verdict(True, 0.5, "numpy agrees (elsewhere)", {"an_option": "as checked"})
+    prepared = prepare.prepare("numpy", problem, "seed", verdict=lambda *args: events.append(("verdict",)) or checked)
+    assert events == [("verdict",), ("create", {"an_option": "as checked"})]
+    assert prepared.verdict == checked
+
+    events.clear()
+    failing = prepare.Verdict(False, 3.0, "numpy DISAGREES (elsewhere)")
+    with pytest.raises(prepare.Disagrees):
+        prepare.prepare("numpy", problem, "seed", verdict=lambda *args: events.append(("verdict",)) or failing)
+    assert events == [("verdict",)]  # nothing created for a step that will not be timed
+
+
+def test_numba_blas_is_timed_with_the_plan_its_checked_step_chose():
+    # Its create chooses a plan by timing trials: every benchmark process would repeat them (seconds
+    # at the large preset) and could choose another plan than the step that was checked.
+    from .conftest import require
+
+    require("numba:blas")
+    problem = grid.preset_problem("tutorial", "float32", "sgd")
+    spec = {"problem": dataclasses.asdict(problem), "names": ["numba:blas"]}
+    found = agreement_worker.main(spec)["numba:blas"]
+    assert found["ok"] and set(found["create_options"]) == {"plan"}
+    step = impls.create("numba:blas", problem, **found["create_options"])
+    assert step.describe()["plan_chosen"] == "given"
+    assert ",".join(f"{k}={v}" for k, v in step.plan.items()) == found["create_options"]["plan"]
+    assert agreement_worker.main(spec | {"names": ["numpy"]})["numpy"]["create_options"] == {}
+
+
+def test_a_new_run_removes_oracles_no_child_has_read_for_an_hour(monkeypatch, tmp_path):
+    monkeypatch.setattr(verdicts, "ROOT", tmp_path)
+    problem = tmp_path / "an-earlier-run" / "a-problem"
+    problem.mkdir(parents=True)
+    (problem / "numpy.json").write_text("{}")
+    stale, fresh = problem / verdicts.ORACLE, tmp_path / "a-run-now" / "a-problem" / verdicts.ORACLE
+    fresh.parent.mkdir(parents=True)
+    for path in (stale, fresh):
+        path.write_bytes(b"")
+    hours_ago = time.time() - verdicts.ORACLE_KEEP_S - 60
+    os.utime(stale, (hours_ago, hours_ago))
+    verdicts.new_run()
+    assert not stale.exists() and fresh.exists() and (problem / "numpy.json").exists()
 
 
 def test_agreement_worker_reports_each_implementation(new_entries):
@@ -51,6 +153,69 @@ def test_agreement_worker_reports_each_implementation(new_entries):
     assert found["numpy"]["ok"] and found["numpy"]["worst_ratio"] <= 1
     assert found[GHOST] == {"unavailable": "no_such_package_for_stepbench not installed"}
     assert not found[WRONG]["ok"] and "DISAGREES" in found[WRONG]["report"]
+
+
+COMMITTED_MACHINES = sorted((environment.REPO / "results" / "asv").glob("*/machine.json"))
+
+
+def _this_vm(record: dict, **changes) -> dict:
+    """What asv detects on another VM of a committed machine's pool: its hostname, a later kernel
+    build and a few hundred kB less RAM, unless `changes` say otherwise."""
+    here = {"machine": "vm", "os": "Linux 6.18.44-fc-v1098", "ram": str(int(record["ram"]) - 528384)}
+    return {key: record[key] for key in ("arch", "cpu", "num_cpu")} | here | changes
+
+
+def _plain_asv_run(machine_file: pathlib.Path, results_dir: pathlib.Path, monkeypatch) -> None:
+    """What `asv run` without --machine does with the machine before it runs anything (asv.commands.run)."""
+    from asv import machine as asv_machine
+
+    monkeypatch.setattr(asv_machine, "_get_unique_machine_name", lambda: "vm")  # the VM's hostname
+    asv_machine.Machine.load(machine_name=None, _path=str(machine_file), interactive=True).save(str(results_dir))
+
+
+@pytest.mark.parametrize("committed", COMMITTED_MACHINES, ids=lambda path: path.parent.name)
+def test_an_asv_run_on_another_vm_of_a_committed_machine_leaves_its_machine_json_as_committed(
+    committed, monkeypatch, tmp_path
+):
+    # make asv-machine, then a plain `asv run`, on a VM of the same hardware and name as committed
+    # results: asv writes the registered record into results/asv/<name>/machine.json, which must not
+    # change with the VM's kernel build or RAM size, nor lose its formatting.
+    from asv.machine import Machine
+
+    from bench.harness import machine
+
+    record = json.loads(committed.read_text())
+    results = tmp_path / "results"
+    (results / record["machine"]).mkdir(parents=True)
+    (results / record["machine"] / "machine.json").write_bytes(committed.read_bytes())
+    monkeypatch.setattr(Machine, "get_defaults", staticmethod(lambda: _this_vm(record)))
+    monkeypatch.setattr(machine, "name", lambda: record["machine"])
+    machine_file = tmp_path / "asv-machine.json"
+
+    assert machine.register(results_dir=results, machine_file=str(machine_file)) == record["machine"]
+    _plain_asv_run(machine_file, results, monkeypatch)
+    assert (results / record["machine"] / "machine.json").read_bytes() == committed.read_bytes()
+
+
+def test_a_committed_machine_json_of_other_hardware_is_replaced_and_said_so(monkeypatch, tmp_path, capsys):
+    from asv.machine import Machine
+
+    from bench.harness import machine
+
+    record = json.loads(COMMITTED_MACHINES[0].read_text())
+    results = tmp_path / "results"
+    (results / record["machine"]).mkdir(parents=True)
+    (results / record["machine"] / "machine.json").write_text(json.dumps(record))
+    bigger = _this_vm(record, ram=str(4 * int(record["ram"])))  # same name, four times the memory
+    monkeypatch.setattr(Machine, "get_defaults", staticmethod(lambda: bigger))
+    monkeypatch.setattr(machine, "name", lambda: record["machine"])
+    machine_file = tmp_path / "asv-machine.json"
+
+    machine.register(results_dir=results, machine_file=str(machine_file))
+    assert "describes other hardware" in capsys.readouterr().err
+    _plain_asv_run(machine_file, results, monkeypatch)
+    rewritten = json.loads((results / record["machine"] / "machine.json").read_text())
+    assert rewritten["ram"] == bigger["ram"] and rewritten["os"] == bigger["os"]
 
 
 def test_asv_results_keep_no_interpreter_path(tmp_path):

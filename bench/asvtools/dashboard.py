@@ -16,6 +16,7 @@ benchmark machines, which are often offline, and stupidtable 1.0.1 is not on npm
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.asvtools import scratch
+from bench.asvtools import page_fixes, publish_input, scratch
 from bench.harness import cli, environment
 
 VENDOR_SOURCE = environment.REPO / "third_party" / "asv-www"
@@ -117,16 +118,33 @@ def localize(html_dir: pathlib.Path) -> list[str]:
     return sorted(set(replaced))
 
 
-def publish(config: pathlib.Path, html_dir: pathlib.Path | None = None, results_dir: pathlib.Path | None = None):
-    """`asv publish` of `config` (into html_dir / from results_dir where given), then made offline."""
+@dataclasses.dataclass
+class Published:
+    html: pathlib.Path
+    log: str  # asv publish's output
+    left_out_params: list[str]  # environment keys that told no lines apart (bench.asvtools.publish_input)
+    unmeasured: list[str]  # benchmarks no machine has a result for, not listed (bench.asvtools.page_fixes)
+
+
+def publish(
+    config: pathlib.Path, html_dir: pathlib.Path | None = None, results_dir: pathlib.Path | None = None
+) -> Published:
+    """`asv publish` of `config` (into html_dir / from results_dir where given), then made offline.
+
+    asv publishes a copy of the results whose environments line up (bench.asvtools.publish_input),
+    and its page is then changed where it hid what the results hold (bench.asvtools.page_fixes).
+    """
     config = config.resolve()
     with tempfile.TemporaryDirectory() as folder:
         target = pathlib.Path(folder) / "asv.conf.json"
-        paths = {}
+        results = pathlib.Path(folder) / "results"
+        if results_dir is None:
+            scratch.write(config, target)  # asv.conf.json has comments: read its results_dir from a plain copy
+            results_dir = scratch.resolved(target, "results_dir")
+        left_out = publish_input.copy_for_publishing(results_dir.resolve(), results)
+        paths = {"results_dir": str(results)}
         if html_dir is not None:
             paths["html_dir"] = str(html_dir.resolve())
-        if results_dir is not None:
-            paths["results_dir"] = str(results_dir.resolve())
         scratch.write(config, target, **paths)
         html = scratch.resolved(target, "html_dir")
         done = subprocess.run(
@@ -136,7 +154,8 @@ def publish(config: pathlib.Path, html_dir: pathlib.Path | None = None, results_
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise cli.Fatal(f"asv publish failed: {last[0]}")
     localize(html)
-    return html, done.stdout + done.stderr
+    unmeasured = page_fixes.fix(html)
+    return Published(html, done.stdout + done.stderr, left_out, unmeasured)
 
 
 def regressions(html_dir: pathlib.Path) -> tuple[int, int]:
@@ -156,9 +175,12 @@ def main(argv=None) -> int:
         raise cli.Fatal(f"--config {args.config}: no such file")
     if args.html_dir is not None:
         cli.check_out_dir(args.html_dir, "--html-dir")
-    html, _ = publish(args.config, args.html_dir)
+    published = publish(args.config, args.html_dir)
+    html = published.html
     cells, rows = regressions(html)
     print(f"dashboard: {html}; it needs no network. Regressions page: {rows} steps up in {cells} benchmark cells")
+    if published.unmeasured:
+        print(f"not listed, no machine has a result for them yet: {', '.join(published.unmeasured)}")
     print(f"open it: python -m http.server --bind 127.0.0.1 --directory {html} 8000, then http://127.0.0.1:8000/")
     return 0
 

@@ -59,7 +59,7 @@ def _prepare(
     else:
         if any(other[0] != run or other[3] != problem for other in _prepared):
             _prepared.clear()  # another parameter set: a process keeps only one set's steps
-        _prepared[key] = prepare.prepare(name, problem, preset, verdict=verdicts.lookup(run, preset))
+        _prepared[key] = prepare.prepare(name, problem, preset, verdict=verdicts.lookup(run))
     return _prepared[key]
 
 
@@ -88,22 +88,61 @@ class _StepBenchmarks:
     track_ms_per_gflop.unit = "ms/GFLOP (lower is faster)"
 
 
-# The ratio tracks: 12 pairs of blocks of at least 20 ms, each block after a 0.12 s pause in which
-# OpenBLAS's threads, which spin for about 0.1 s after a call, go to sleep (bench.harness.timing.alternate).
-# About 3.5 s per track at the CPU presets. One thread per library while they run: on a shared
-# machine whose other jobs hold a core, a step on two threads waits at every parallel region for
-# the thread that lost its core, and runs 2x to 1000x slower from one moment to the next (three
-# runs of unchanged code, docs/measurements.md); a single thread only shares its core, and both sides of a
-# pair share alike.
-PAIRS, BLOCK_S, SETTLE_S, RATIO_THREADS = 12, 0.02, 0.12, 1
+# The ratio tracks: up to 12 pairs of blocks of at least 20 ms (bench.harness.timing.alternate), on
+# one thread per library: on a shared machine whose other jobs hold a core, a step on two threads
+# waits at every parallel region for the thread that lost its core, and runs 2x to 1000x slower from
+# one moment to the next (three runs of unchanged code, docs/measurements.md); a single thread only
+# shares its core, and both sides of a pair share alike.
+#
+# Each block follows a 0.12 s pause where the step runs threads the budget does not limit, which may
+# spin after a call and hold a core the other side's block needs (OpenBLAS's spin for about 0.1 s):
+# jax's XLA pool, fixed when jax starts, a data-parallel step's other ranks, and any library not
+# known to be limited (an implementation from outside). With the budget's one thread for BLAS,
+# torch and numba nothing spins, and the pause only added noise: numpy against numpy at tutorial,
+# q25-q75 of the pair ratios 0.85-1.09 with it and 0.97-1.01 without, medians alike for
+# numba:blas, torch:cpu and numba:parallel; torch:cpu:ddp read 6.1-8.4 with it and 7.5-11.3
+# without (three runs each). The pauses were 2.9 s of each track's 3.5 s.
+#
+# Where one call is a block by itself and lasts seconds (the large preset, on one thread), 12 pairs
+# took a minute per track and cell: pairs stop once 4 s have passed, after at least 3 (a median that
+# one disturbed pair cannot move).
+PAIRS, MIN_PAIRS, PAIRS_BUDGET_S, BLOCK_S, SETTLE_S, RATIO_THREADS = 12, 3, 4.0, 0.02, 0.12, 1
 if os.environ.get("STEPBENCH_SMOKE"):  # make test's asv run checks that the tracks run, not what they read
-    PAIRS, BLOCK_S, SETTLE_S = 1, 0.0, 0.0
+    PAIRS, MIN_PAIRS, PAIRS_BUDGET_S, BLOCK_S, SETTLE_S = 1, 1, 0.0, 0.0, 0.0
+# Libraries whose every thread impls.threads.apply limits, when the step runs on the CPU in this process.
+LIMITED_LIBRARIES = ("numpy", "numba", "torch")
+
+
+def runs_only_limited_threads(call) -> bool:
+    """Whether the step behind `call` (prepare.synced's) runs no thread the budget does not limit.
+
+    Of calls that are no step's, peak.product's matrix product (it knows its FLOPs) runs NumPy's
+    BLAS under the budget on the CPU (on a GPU, the step it is alternated with keeps the pause);
+    any other call is not known to, and keeps the pause."""
+    step = getattr(call, "step", None)
+    if step is None:
+        return hasattr(call, "flops")
+    name = getattr(step, "name", "")
+    return (
+        name.split(":")[0] in LIMITED_LIBRARIES
+        and grid.device(name) == "cpu"
+        and getattr(step, "world_size", 1) == 1  # no ranks in other processes
+    )
 
 
 def _alternate(first, second) -> list[tuple[float, float]]:
+    settle_s = 0.0 if runs_only_limited_threads(first) and runs_only_limited_threads(second) else SETTLE_S
     threads.apply(RATIO_THREADS)
     try:
-        return timing.alternate(first, second, pairs=PAIRS, block_s=BLOCK_S, settle_s=SETTLE_S)
+        return timing.alternate(
+            first,
+            second,
+            pairs=PAIRS,
+            min_pairs=MIN_PAIRS,
+            budget_s=PAIRS_BUDGET_S,
+            block_s=BLOCK_S,
+            settle_s=settle_s,
+        )
     finally:
         threads.apply()  # the budget again, for whatever this process times next
 

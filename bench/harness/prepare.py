@@ -40,6 +40,9 @@ class Verdict:
     ok: bool
     worst_ratio: float  # worst |got - expected| / bound over all checked values
     report: str
+    # impls.create options that make again the step that was checked, where its create chose how
+    # to run (numba:blas's plan, by timing trials): the timed step is then the one checked.
+    create_options: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, report: agreement.Report) -> Verdict:
@@ -75,24 +78,29 @@ def prepare(name: str, problem: impls.Problem, preset: str | None = None, verdic
     By default the step itself is checked (agreement.check advances it by a few steps), once
     per implementation, problem and options in this process;
     `verdict(name, problem) -> Verdict` supplies the outcome of a check made elsewhere on the
-    same problem and inputs (asv checks each problem once per run, see bench.harness.verdicts).
+    same problem and inputs (asv checks each implementation once per problem and run, in a child
+    process: bench.harness.verdicts).
     `options` go to impls.create (`ranks=` of a data-parallel entry).
     """
     reason = skip_reason(name, preset)
     if reason is not None:
         raise Skip(reason)
+    # A verdict made elsewhere comes first: its check may run in a process forked from this one,
+    # which must not have started a backend's thread pools yet, and it may say how to create the
+    # step it checked.
+    found = None if verdict is None else verdict(name, problem)
+    if found is not None and not found.ok:
+        raise Disagrees(found.report)
     threads.apply()
     start = time.perf_counter()
-    step = impls.create(name, problem, **options)
+    step = impls.create(name, problem, **(({} if found is None else found.create_options) | options))
     create_s = time.perf_counter() - start
     threads.apply()  # again, for a backend whose library was first imported by create
     check_s = None
-    if verdict is None:
+    if found is None:
         found, check_s = _check_once(step, options)
-    else:
-        found = verdict(name, problem)
-    if not found.ok:
-        raise Disagrees(found.report)
+        if not found.ok:
+            raise Disagrees(found.report)
     warm_up(step)
     assert_finite(step)
     return Prepared(step, found, create_s, check_s)
