@@ -53,7 +53,7 @@ bench-smoke: $(STAMP) asv-machine
 	$(ASV) check --python=same --config $(ASV_SCRATCH)
 	STEPBENCH_SMOKE=1 $(PY) -m bench.asvtools.smoke .asv/smoke-run.log -- $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
 
-# HEAD against BASE, both measured now, paired and interleaved: exit 1 when a cell is confidently slower.
+# HEAD against BASE, both measured now, paired: exit 1 when a cell is confidently slower, 3 when one stays unsure.
 compare: $(STAMP)
 	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
 

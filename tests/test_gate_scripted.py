@@ -136,6 +136,7 @@ def _sides():
 
 
 def _run(script, procedure, select=CELL, **settings):
+    settings.setdefault("max_rounds", settings.get("rounds", rounds.Settings.rounds))  # no extra rounds unless asked
     cells = gate_cells.select(gate_cells.all_cells(), select)
     rounds.run(*_sides(), cells, rounds.Settings(procedure=procedure, **settings))
     return cells
@@ -225,7 +226,8 @@ def test_every_cell_gets_one_pair_per_sweep_in_a_new_order(monkeypatch, machine)
 def _compare(monkeypatch, tmp_path, script, *args):
     install(monkeypatch, script)
     out = tmp_path / "c.json"
-    status = compare.main(["HEAD", "HEAD", "-k", CELL, "--rounds", "4", "--pairs", "8", "--json", str(out), *args])
+    fixed = ["--rounds", "4", "--pairs", "8", "--max-rounds", "4", "--procedure", "duet"]
+    status = compare.main(["HEAD", "HEAD", "-k", CELL, *fixed, "--json", str(out), *args])
     return status, (json.loads(out.read_text()) if out.exists() else None)
 
 
@@ -236,7 +238,7 @@ def _compare(monkeypatch, tmp_path, script, *args):
         ((1.0,), (), "same", 0),
         ((0.6,), (), "faster", 0),
         # Two rounds 12% slower, two the same: the median is 6% slower, but the rounds disagree.
-        ((1.12, 1.0), (), "unsure", 0),
+        ((1.12, 1.0), (), "unsure", 3),
         # 8% slower: beyond a threshold of 5%, within one of 10%.
         ((1.08,), ("--threshold", "0.05"), "slower", 1),
         ((1.08,), ("--threshold", "0.10"), "same", 0),
@@ -331,3 +333,168 @@ def test_a_worker_runs_its_sides_checkout_and_interpreter_pinned_with_the_budget
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     assert all(free_env.get(k) == os.environ.get(k) for k in workers.PASSIVE_WAITS)  # --no-passive: as they were
+
+
+# --- more rounds for the undecided cells only, within the time budget ----------------------------
+
+SEED_CELLS = "numpy and seed and float32"  # numpy-seed-float32-adam and numpy-seed-float32-sgd
+UNDECIDED_CELL = "numpy-seed-float32-sgd"
+
+
+def split_script(base_s=100e-6):
+    """The adam cell is the same on both sides in every round; the sgd cell's rounds alternate 12% slower
+    and the same, so its interval stays wide however many rounds it gets."""
+
+    def per_call(role, r, cell_id, k):
+        if role == "base":
+            return base_s * wobble(r, k)
+        ratio = (1.12 if r % 2 == 0 else 1.0) if cell_id == UNDECIDED_CELL else 1.0
+        return base_s * ratio * wobble(r + 1, k)
+
+    return per_call
+
+
+class BlockClock:
+    """A clock that only the scripted blocks move: each block lasts its calls x its seconds per call."""
+
+    def __init__(self, script: ScriptedWorkers, setup_s: float = 1.0, first_setup_s: float = 1.0):
+        self.script, self.setup_s, self.first_setup_s = script, setup_s, first_setup_s
+
+    def __call__(self) -> float:
+        timed = sum(req["number"] * reply["t"] for req, reply in self._blocks())
+        closed = [r for ev, _, r, _ in self.script.log if ev == "close"]
+        return timed + sum(self.first_setup_s if r == 0 else self.setup_s for r in closed)
+
+    def _blocks(self):
+        sent = [msg for ev, _, _, msg in self.script.log if ev == "send" and msg.get("op") == "time"]
+        read = [msg for ev, _, _, msg in self.script.log if ev == "read" and "t" in msg]
+        return zip(sent, read, strict=False)
+
+
+def _rounds_of(script, cell_id):
+    return sorted({r for role, r, cell, _ in script.time_requests() if cell == cell_id and role == "base"})
+
+
+def test_cells_still_undecided_get_more_rounds_in_twos_and_decided_ones_none(monkeypatch, machine):
+    script = install(monkeypatch, ScriptedWorkers(split_script()))
+    adam, sgd = sorted(_run(script, "duet", select=SEED_CELLS, rounds=4, pairs=6, max_rounds=10), key=lambda c: c.id)
+    assert (len(adam.pairs), adam.stopped) == (4, "decided")
+    assert (len(sgd.pairs), sgd.stopped) == (10, "round limit")
+    assert _rounds_of(script, adam.id) == [0, 1, 2, 3]
+    assert _rounds_of(script, sgd.id) == list(range(10))
+    # The extra rounds' processes set up only the undecided cell, and a duet still swaps their CPUs.
+    setups = [
+        (r, [c["id"] for c in msg["cells"]])
+        for ev, role, r, msg in script.log
+        if ev == "send" and role == "base" and msg["op"] == "setup"
+    ]
+    assert [ids for r, ids in setups if r >= 4] == [[UNDECIDED_CELL]] * 6
+    base_cpus = [cpus for role, r, _, _, cpus, _ in script.started if role == "base"]
+    assert base_cpus == [[0, 1], [2, 3]] * 5
+
+
+def test_extra_rounds_stop_when_the_next_ones_would_not_fit_in_the_time_budget(monkeypatch, machine):
+    # A round of both cells: 2 cells x 6 pairs x 2 blocks x 20 ms + 2 processes x 1 s = 2.48 s; four
+    # rounds 9.92 s, leaving 5.08 s of 15. Two more rounds, estimated at 2 x 2.48 s, fit: 6 x 2 x 20 ms
+    # + 2 s = 2.24 s each, 14.4 s in all. Two more after that would need about 4.5 s with 0.6 s left.
+    script = ScriptedWorkers(split_script())
+    install(monkeypatch, script)
+    cells = gate_cells.select(gate_cells.all_cells(), SEED_CELLS)
+    settings = rounds.Settings(procedure="interleave", rounds=4, pairs=6, max_rounds=16, max_time_s=15.0)
+    clock = BlockClock(script)
+    wall = rounds.run(*_sides(), cells, settings, clock=clock)
+    adam, sgd = sorted(cells, key=lambda c: c.id)
+    assert adam.stopped == "decided" and len(adam.pairs) == 4
+    assert sgd.stopped == "time budget spent"
+    assert len(sgd.pairs) == 6
+    assert wall == pytest.approx(4 * 2.48 + 2 * 2.24, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "status"),
+    [
+        (["same", "faster", "skipped"], 0),
+        (["same", "unsure"], 3),
+        (["unsure", "slower"], 1),
+        (["same", "disagrees"], 1),
+        (["failed", "unsure"], 1),
+    ],
+)
+def test_exit_status_one_for_a_slower_cell_three_for_an_undecided_one_zero_only_when_all_are_decided(verdicts, status):
+    assert compare.exit_status([{"verdict": v} for v in verdicts]) == status
+
+
+@pytest.mark.parametrize(
+    ("asked", "other", "procedure", "budget"),
+    [
+        ("auto", 0.05, "duet", None),
+        ("auto", 1.0, "interleave", 1),
+        ("auto", 2.6, "interleave", 1),
+        ("duet", 1.0, "duet", None),
+    ],
+)
+def test_auto_chooses_the_duet_on_a_quiet_machine_and_interleaves_on_the_free_cores_beside_other_work(
+    monkeypatch, asked, other, procedure, budget
+):
+    monkeypatch.setattr(rounds.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("STEPBENCH_THREADS", raising=False)
+    settings = rounds.Settings(procedure=asked)
+    rounds.choose_procedure(settings, other)
+    assert (settings.procedure, settings.thread_budget, settings.other_work_before) == (procedure, budget, other)
+
+
+def test_a_busy_machine_is_said_and_recorded_and_the_record_says_why_each_cell_stopped(
+    monkeypatch, machine, tmp_path, capsys
+):
+    held = {0: 0.02, 1: 1.0, 2: 0.0, 3: 0.98}  # two of four CPUs held, 1 and 3
+    monkeypatch.setattr(compare.load, "probe", lambda window_s=1.0: (2.0, held))
+    script = install(monkeypatch, ScriptedWorkers(split_script()))
+    out = tmp_path / "c.json"
+    status = compare.main(["HEAD", "HEAD", "-k", SEED_CELLS, "--pairs", "6", "--max-rounds", "6", "--json", str(out)])
+    data = json.loads(out.read_text())
+    err = capsys.readouterr().err
+    assert "the machine is busy before the run: other processes kept 2.0 of" in err
+    assert data["settings"]["procedure"] == "interleave" and data["settings"]["thread_budget"] == 2
+    assert data["settings"]["other_work_before"] == 2.0 and "other_work_during" in data["settings"]
+    # Both sides' processes are pinned to the two CPUs the other work left free, with a thread each.
+    assert data["settings"]["cpus"] == [0, 2]
+    assert {(tuple(cpus), budget) for _, _, _, budget, cpus, _ in script.started} == {((0, 2), 2)}
+    by_cell = {row["cell"]: row for row in data["cells"]}
+    assert (by_cell["numpy-seed-float32-adam"]["rounds"], by_cell["numpy-seed-float32-adam"]["stopped"]) == (
+        4,
+        "decided",
+    )
+    assert (by_cell[UNDECIDED_CELL]["rounds"], by_cell[UNDECIDED_CELL]["stopped"]) == (6, "round limit")
+    assert (by_cell[UNDECIDED_CELL]["verdict"], status) == ("unsure", 3)
+
+
+def test_a_budget_too_short_for_the_first_rounds_stops_every_cell_after_two(monkeypatch, machine):
+    # Rounds of 2.48 s (as above): after two, 4.96 s of 8 are spent and two more would need 4.96 s.
+    script = install(monkeypatch, ScriptedWorkers(split_script()))
+    cells = gate_cells.select(gate_cells.all_cells(), SEED_CELLS)
+    settings = rounds.Settings(procedure="duet", rounds=4, pairs=6, max_time_s=8.0)
+    rounds.run(*_sides(), cells, settings, clock=BlockClock(script))
+    assert [(len(c.pairs), c.stopped) for c in cells] == [(2, "time budget spent")] * 2
+
+
+@pytest.mark.parametrize(("base_call_s", "number", "warm"), [(1e-4, 200, True), (0.05, 1, False)])
+def test_a_block_gets_an_untimed_call_first_unless_one_call_is_a_block_by_itself(
+    monkeypatch, machine, base_call_s, number, warm
+):
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0), call_s={"base": base_call_s, "head": base_call_s}))
+    _run(script, "interleave", rounds=2, pairs=3)
+    requests = [msg for ev, _, _, msg in script.log if ev == "send" and msg["op"] == "time"]
+    assert {(msg["number"], msg["warm"]) for msg in requests} == {(number, warm)}
+
+
+def test_the_first_rounds_checks_and_compilation_do_not_count_against_later_rounds(monkeypatch, machine):
+    # The first round's processes take 15 s each (agreement checks, compilation): 30.48 s; later rounds
+    # 2.48 s. After two rounds 7.04 s of 40 are left, enough for two more (4.96 s); after four, 2.08 s.
+    script = install(monkeypatch, ScriptedWorkers(split_script()))
+    cells = gate_cells.select(gate_cells.all_cells(), SEED_CELLS)
+    settings = rounds.Settings(procedure="duet", rounds=4, pairs=6, max_time_s=40.0)
+    rounds.run(*_sides(), cells, settings, clock=BlockClock(script, first_setup_s=15.0))
+    assert sorted((c.id, len(c.pairs), c.stopped) for c in cells) == [
+        ("numpy-seed-float32-adam", 4, "decided"),
+        (UNDECIDED_CELL, 4, "time budget spent"),
+    ]

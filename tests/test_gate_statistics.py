@@ -103,25 +103,92 @@ def _reference_interval(rounds, level, resamples=40_000, seed=7):
     return tuple(np.exp(np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])))
 
 
-def test_the_interval_is_the_central_95_percent_of_the_two_level_bootstrap():
+def _reference_t_floor(rounds, level):
+    """Student's t interval of the mean of the rounds' median log ratios, plainly."""
+    from scipy import stats
+
+    medians = [np.median(np.log([h / b for b, h in pairs])) for pairs in rounds]
+    n = len(medians)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * np.std(medians, ddof=1) / math.sqrt(n)
+    return math.exp(np.mean(medians) - half), math.exp(np.mean(medians) + half)
+
+
+def _width(low, high):
+    return math.log(high / low)
+
+
+def test_the_interval_spans_the_central_95_percent_of_the_two_level_bootstrap_and_the_t_floor():
     rng = np.random.default_rng(3)
     offsets = rng.normal(0, 0.02, 6)  # each process's own bias ...
     rounds = _rounds([np.exp(0.05 + o + rng.normal(0, 0.02, 12)) for o in offsets])  # ... and each pair's noise
     est = paired.estimate(rounds)
     assert paired.CONFIDENCE == 0.95
     assert (est.pairs, est.rounds) == (72, 6)
-
-    def width(low, high):
-        return math.log(high / low)
-
     ref = {level: _reference_interval(rounds, level) for level in (0.90, 0.95, 0.99)}
-    tolerance = 0.04 * width(*ref[0.95])  # the bootstrap's own resampling noise is well within this
+    tolerance = 0.04 * _width(*ref[0.95])  # the bootstrap's own resampling noise is well within this
     # The check can tell the levels apart: 90% and 99% intervals differ by more than the tolerance.
-    assert width(*ref[0.95]) - width(*ref[0.90]) > 2 * tolerance < width(*ref[0.99]) - width(*ref[0.95])
-    assert abs(math.log(est.low / ref[0.95][0])) < tolerance
-    assert abs(math.log(est.high / ref[0.95][1])) < tolerance
+    assert _width(*ref[0.95]) - _width(*ref[0.90]) > 2 * tolerance < _width(*ref[0.99]) - _width(*ref[0.95])
+    t_low, t_high = _reference_t_floor(rounds, 0.95)
+    assert abs(math.log(est.low / min(ref[0.95][0], t_low))) < tolerance
+    assert abs(math.log(est.high / max(ref[0.95][1], t_high))) < tolerance
     assert est.low < est.ratio < est.high
     assert est.ratio == pytest.approx(math.exp(np.median(np.log([h / b for p in rounds for b, h in p]))))
+
+
+@pytest.mark.parametrize("looks", [1, 3])
+def test_with_few_rounds_that_disagree_the_interval_is_the_t_interval_over_the_rounds(looks):
+    # Four processes 4% apart, each sure of itself: the bootstrap can only redraw these four;
+    # Student's t allows for a spread estimated from four rounds.
+    rng = np.random.default_rng(4)
+    rounds = _rounds([np.exp(c + rng.normal(0, 0.002, 12)) for c in (-0.02, 0.02, 0.06, 0.10)])
+    boot = _reference_interval(rounds, 0.95)
+    level = 1 - 0.05 / looks  # 95% at the first look, Bonferroni over the later ones
+    t_low, t_high = _reference_t_floor(rounds, level)
+    assert t_low < boot[0] and boot[1] < t_high
+    est = paired.estimate(rounds, looks=looks)
+    assert (est.low, est.high) == pytest.approx((t_low, t_high), rel=1e-9)
+
+
+def test_each_further_look_widens_the_interval():
+    rng = np.random.default_rng(6)
+    rounds = _rounds([np.exp(rng.normal(0, 0.03) + rng.normal(0, 0.01, 12)) for _ in range(8)])
+    widths = [_width(e.low, e.high) for e in (paired.estimate(rounds, looks=k) for k in (1, 2, 4))]
+    assert widths[0] < widths[1] < widths[2]
+
+
+def _simulated_stopping_rule(rng, effect: float, process_sd: float, pair_sd: float) -> str:
+    """One cell as the gate measures it: 4 rounds of 12 pairs, 2 more while undecided, at most 16; its verdict."""
+    rounds = []
+
+    def add(n):
+        for _ in range(n):
+            bias = rng.normal(0, process_sd)
+            rounds.append([(1.0, float(np.exp(effect + bias + x))) for x in rng.standard_t(4, 12) * pair_sd])
+
+    add(4)
+    looks = 1
+    while True:
+        verdict, _ = paired.verdict(paired.estimate(rounds, seed=looks, looks=looks), 0.05)
+        if verdict != paired.UNSURE or len(rounds) >= 16:
+            return verdict
+        add(2)
+        looks += 1
+
+
+@pytest.mark.parametrize("process_sd", [0.03, 0.08])
+def test_simulated_a_a_with_the_stopping_rule_calls_at_most_one_percent_of_cells(process_sd):
+    # Identical code, each process biased by a normal effect (3%: a loaded machine; 8%: worse than any
+    # measured), each pair heavy-tailed (t with 4 degrees of freedom, 3%).
+    rng = np.random.default_rng(11)
+    verdicts = [_simulated_stopping_rule(rng, 0.0, process_sd, 0.03) for _ in range(300)]
+    false_calls = sum(v in ("slower", "faster") for v in verdicts)
+    assert false_calls <= 3, verdicts  # 1% of 300
+
+
+def test_simulated_ten_percent_slowdown_is_called_slower():
+    rng = np.random.default_rng(12)
+    verdicts = [_simulated_stopping_rule(rng, math.log(1.10), 0.02, 0.05) for _ in range(100)]
+    assert sum(v == "slower" for v in verdicts) >= 95 and "faster" not in verdicts and "same" not in verdicts
 
 
 def test_pairs_that_repeat_their_round_add_no_confidence():

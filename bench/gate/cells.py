@@ -24,6 +24,10 @@ class Cell:
     number: int = 1  # calls per block, the same on both sides
     pairs: list = dataclasses.field(default_factory=list)  # per round: [(base_s, head_s), ...]
     first: list = dataclasses.field(default_factory=list)  # per round: which side's block ran first in each pair
+    round_s: list = dataclasses.field(
+        default_factory=list
+    )  # per round after the first: this cell's share of its wall time
+    stopped: str | None = None  # why it got no more rounds: decided | round limit | time budget spent
 
     def keywords(self) -> list[str]:
         """The names pytest's -k matches for this cell in the pytest-benchmark suite."""

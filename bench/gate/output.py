@@ -8,14 +8,14 @@ import os
 import pathlib
 import statistics
 
-from bench.gate import paired
+from bench.gate import paired, rounds
 from bench.gate.cells import Cell
 from bench.gate.rounds import Settings
 from bench.gate.sides import Side
-from bench.harness import environment, peak
+from bench.harness import environment, load, peak
 
 
-def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
+def verdicts(cells: list[Cell], settings: Settings) -> list[dict]:
     rows = []
     for cell in cells:
         row = {"cell": cell.id, "implementation": cell.name, "problem": dataclasses.asdict(cell.problem)}
@@ -26,8 +26,7 @@ def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
             verdict = "skipped" if cell.status == "skipped" or not on_head else cell.status
             row.update(verdict="failed" if verdict in ("diverged", "error") else verdict, why=cell.why)
         else:
-            est = paired.estimate(cell.pairs)
-            verdict, why = paired.verdict(est, threshold)
+            est, verdict, why = rounds.judge(cell, settings)
             flat = [p for pairs in cell.pairs for p in pairs]
             row.update(
                 verdict=verdict,
@@ -38,6 +37,8 @@ def verdicts(cells: list[Cell], threshold: float) -> list[dict]:
                 base_median_s=statistics.median([b for b, _ in flat]),
                 head_median_s=statistics.median([h for _, h in flat]),
                 calls_per_block=cell.number,
+                rounds=len(cell.pairs),
+                stopped=cell.stopped,
                 pairs=cell.pairs,
                 first=cell.first,
             )
@@ -57,30 +58,34 @@ def table(rows: list[dict], base: Side, head: Side, settings: Settings, wall_s: 
         f"HEAD {head.label} against BASE {base.label}: median us per step, HEAD/BASE with its "
         f"{paired.CONFIDENCE:.0%} interval; threshold {settings.threshold:.0%}",
         "",
-        f"{'cell':<{width}}  {'BASE us':>12}  {'HEAD us':>12}  {'HEAD/BASE':>9}  {'interval':>15}  verdict",
+        f"{'cell':<{width}}  {'BASE us':>12}  {'HEAD us':>12}  {'HEAD/BASE':>9}  {'interval':>15}  {'rounds':>6}  verdict",
     ]
     for r in rows:
         if "ratio" in r:
             interval = f"[{r['low']:.3f}, {r['high']:.3f}]"
             lines.append(
                 f"{r['cell']:<{width}}  {_us(r['base_median_s']):>12}  {_us(r['head_median_s']):>12}  "
-                f"{r['ratio']:9.3f}  {interval:>15}  {r['verdict']}"
+                f"{r['ratio']:9.3f}  {interval:>15}  {r['rounds']:>6}  {r['verdict']}"
             )
         else:
-            lines.append(f"{r['cell']:<{width}}  {'':>12}  {'':>12}  {'':>9}  {'':>15}  {r['verdict']}: {r['why']}")
+            lines.append(
+                f"{r['cell']:<{width}}  {'':>12}  {'':>12}  {'':>9}  {'':>15}  {'':>6}  {r['verdict']}: {r['why']}"
+            )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in paired.ORDER}
     lines += [
         "",
         ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-        + f"; {settings.procedure}, {settings.thread_budget} thread(s) per side, {settings.rounds} processes per side,"
-        + f" {settings.pairs} pairs per cell and process,"
-        + f" {wall_s:.0f} s",
+        + f"; {settings.procedure} ({settings.why_procedure}), {settings.thread_budget} thread(s) per side,"
+        + f" {settings.rounds} processes per side and more for undecided cells (up to {settings.max_rounds}),"
+        + f" {settings.pairs} pairs per cell and process, {wall_s:.0f} s",
     ]
-    unsure = [r for r in rows if r["verdict"] == "unsure"]
-    if unsure:
+    undecided = [r for r in rows if r["verdict"] == paired.UNSURE]
+    if undecided:
+        stops = sorted({r["stopped"] for r in undecided})
         lines.append(
-            f"unsure: {unsure[0]['why']}" if len({r["why"] for r in unsure}) == 1 else "unsure: see why per cell"
+            f"unsure: {undecided[0]['why']}" if len({r["why"] for r in undecided}) == 1 else "unsure: see why per cell"
         )
+        lines.append(f"unsure cells stopped: {', '.join(stops)} (--max-time, --max-rounds give them more)")
     return "\n".join(lines)
 
 
@@ -123,6 +128,7 @@ def record(rows, base: Side, head: Side, settings: Settings, wall_s: float, argv
         "machine": environment.machine(),
         "machine_name": environment.machine_name(),
         "settings": dataclasses.asdict(settings) | {"confidence": paired.CONFIDENCE},
+        "load_average_at_end": load.load_average(),
         "wall_s": wall_s,
         "base": side(base),
         "head": side(head),

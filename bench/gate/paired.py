@@ -7,6 +7,15 @@ its pairs by a few per cent, so the interval must reflect the spread between rou
 only between pairs. It is a two-level bootstrap: resample the rounds, then the pairs within
 each, and take the median log ratio (Davison & Hinkley, "Bootstrap Methods and their
 Application", 1997, section 3.8, for the hierarchical resampling).
+
+With few rounds the bootstrap is too sure of the spread between them: it can only redraw
+the rounds it saw (its variance is biased by (n-1)/n, its tails cut off at the extreme
+round). So the interval is never narrower than Student's t interval over the rounds' own
+median log ratios, which allows for estimating that spread from n rounds. Simulated A/A
+(tests/test_gate_statistics.py: 4 rounds, 2 more while undecided, up to 16) calls under 1%
+of cells with process effects up to 8%; at 12%, far beyond any measured, about 1.5%, where
+the bootstrap alone called 4.3%. On a quiet machine the floor costs little: a simulated 7%
+slowdown was called in 100 of 100 cells either way, after 5.5 rounds on average instead of 5.0.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy import stats
 
 CONFIDENCE = 0.95
 RESAMPLES = 4000
 
 # Verdicts, in the order a report lists them: what needs attention first.
-ORDER = ("disagrees", "failed", "slower", "unsure", "faster", "same", "skipped")
+UNSURE = "unsure"
+ORDER = ("disagrees", "failed", "slower", UNSURE, "faster", "same", "skipped")
 FAILING = ("disagrees", "failed", "slower")  # HEAD computes wrongly, cannot run, or is slower: exit status 1
 
 
@@ -33,8 +44,13 @@ class Estimate:
     rounds: int
 
 
-def estimate(rounds: list[list[tuple[float, float]]], seed: int = 0) -> Estimate:
-    """HEAD/BASE from pairs (base_s, head_s) grouped by round, with a two-level bootstrap interval."""
+def estimate(rounds: list[list[tuple[float, float]]], seed: int = 0, looks: int = 1) -> Estimate:
+    """HEAD/BASE from pairs (base_s, head_s) grouped by round, with a two-level bootstrap interval.
+
+    `looks`: how many times a verdict has been asked of this cell's growing sample, this one
+    included (the gate adds rounds to undecided cells and looks again). Each look is a chance
+    of a false call, so the t floor's level is Bonferroni's over the looks: 1 - 0.05/looks.
+    """
     logs = [np.log([h / b for b, h in pairs]) for pairs in rounds if pairs]
     if not logs:
         raise ValueError("no pairs to estimate from")
@@ -53,8 +69,20 @@ def estimate(rounds: list[list[tuple[float, float]]], seed: int = 0) -> Estimate
     drawn = np.where(keep, drawn, np.nan).reshape(RESAMPLES, -1)
     medians = np.nanmedian(drawn, axis=1)
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.exp(np.percentile(medians, [tail, 100 - tail]))
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    t_low, t_high = _t_interval([float(np.median(x)) for x in logs], 1 - (1 - CONFIDENCE) / looks)
+    low, high = np.exp(min(low, t_low)), np.exp(max(high, t_high))
     return Estimate(point, float(low), float(high), int(lengths.sum()), len(logs))
+
+
+def _t_interval(round_medians: list[float], level: float) -> tuple[float, float]:
+    """Student's t interval of the mean over the rounds' median log ratios (empty with one round)."""
+    n = len(round_medians)
+    if n < 2:
+        return math.inf, -math.inf
+    centre = float(np.mean(round_medians))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(round_medians, ddof=1) / math.sqrt(n))
+    return centre - half, centre + half
 
 
 def verdict(est: Estimate, threshold: float) -> tuple[str, str]:
@@ -72,5 +100,5 @@ def verdict(est: Estimate, threshold: float) -> tuple[str, str]:
         return "same", f"whole interval within ±{threshold:.0%}"
     spread = math.log(est.high / est.low)
     if spread > 2 * math.log(up):
-        return "unsure", f"interval wider than ±{threshold:.0%}: noise, rerun on a quieter machine or with more rounds"
-    return "unsure", f"interval crosses ±{threshold:.0%}: a change near the threshold"
+        return UNSURE, f"interval wider than ±{threshold:.0%}: noise, rerun on a quieter machine or with more time"
+    return UNSURE, f"interval crosses ±{threshold:.0%}: a change near the threshold"

@@ -11,10 +11,11 @@ import dataclasses
 import math
 import os
 import random
+import statistics
 import sys
 import time
 
-from bench.gate import Refused
+from bench.gate import Refused, paired
 from bench.gate.cells import Cell
 from bench.gate.sides import Side
 from bench.gate.workers import WorkerProcess
@@ -23,14 +24,30 @@ from impls import threads
 
 @dataclasses.dataclass
 class Settings:
-    procedure: str = "duet"  # chosen by measurement: see docs/gate.md
-    rounds: int = 4  # processes per side
+    procedure: str = (
+        "auto"  # duet on a quiet machine, interleave beside other work: chosen by measurement, docs/gate.md
+    )
+    rounds: int = 4  # processes per side, for every cell
     pairs: int = 12  # pairs of blocks per cell and round
     block_s: float = 0.02  # the shortest block; a slower call is a block by itself
     passive: bool = True  # PASSIVE_WAITS in both sides' processes
     threshold: float = 0.05
     seed: int = 0
+    max_time_s: float = 840.0  # undecided cells get more rounds while the next one fits in this (the whole run's wall)
+    max_rounds: int = 16  # and never more rounds than this for any cell
     thread_budget: int | None = None  # each side's, set when the run starts (a duet gives each side half the CPUs)
+    other_work_before: float | None = None  # cores other processes kept busy, measured before the first round
+    other_work_during: float | None = None  # ... and on average over the whole run
+    cpus: list[int] | None = None  # interleave: both sides pinned to these (the CPUs other work left free)
+    why_procedure: str = ""
+
+
+def extra_rounds(settings: Settings) -> int:
+    """Rounds added at a time: two in a duet, so that every cell keeps its sides on each half equally often."""
+    return 2 if settings.procedure == "duet" else 1
+
+
+QUIET = 0.25  # cores of other work below which the machine counts as quiet
 
 
 class Progress:
@@ -54,14 +71,21 @@ class Progress:
             self.shown = int(fraction * 10)
             print(line, file=sys.stderr, flush=True)
 
+    def extend(self, n: int) -> None:
+        """More work than planned (extra rounds): the fraction done drops back, and the estimate with it."""
+        self.total += n
+
     def close(self) -> None:
         if self.tty:
             print(file=sys.stderr)
 
 
 def _setup(workers: dict[str, WorkerProcess], cells: list[Cell], check: bool) -> dict[str, list[dict]]:
+    """Both sides set up at once (the agreement check and numba's compilation are most of a first round)."""
     payload = [{"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem)} for c in cells]
-    return {role: w.ask(op="setup", cells=payload, check=check)["cells"] for role, w in workers.items()}
+    for w in workers.values():
+        w.send(op="setup", cells=payload, check=check)
+    return {role: w.read()["cells"] for role, w in workers.items()}
 
 
 def _first_round_verdicts(cells: list[Cell], prepared: dict[str, list[dict]], block_s: float) -> None:
@@ -86,51 +110,147 @@ def _later_round_check(cells: list[Cell], prepared: dict[str, list[dict]]) -> No
                 cell.fail(got["status"], role, f"in a later process: {got['reason']}")
 
 
-def run(base: Side, head: Side, cells: list[Cell], settings: Settings) -> float:
-    """Measure every cell, filling cell.pairs; returns the wall time in seconds."""
+def choose_procedure(settings: Settings, other: float | None, per_cpu: dict[int, float] | None = None) -> None:
+    """ "auto": duet when the machine is quiet; otherwise interleave, pinned to the CPUs left free.
+
+    With a core held by another process, a duet pins one side beside it, and that side's blocks
+    take up to twice as long: measured on the 2-core VM, A/A cells were called 1.55x slower with
+    confident intervals. Interleaved, both sides' blocks run on the same free CPUs, one after the
+    other, with as many threads as there are such CPUs; pinned there, they leave the other work
+    its own CPUs rather than sharing them in turn (docs/gate.md).
+    """
+    settings.other_work_before = other
+    if settings.procedure != "auto":
+        settings.why_procedure = "chosen on the command line"
+        return
+    if other is None or other < QUIET:
+        settings.procedure = "duet"
+        settings.why_procedure = "the machine is quiet" if other is not None else "no measure of other work here"
+        return
+    mine = sorted(os.sched_getaffinity(0))
+    free = max(1, min(threads.budget(), math.floor(len(mine) - other + QUIET)))
+    settings.procedure, settings.thread_budget = "interleave", free
+    busy = per_cpu or {}
+    settings.cpus = sorted(sorted(mine, key=lambda c: (busy.get(c, 0.0), c))[:free]) if busy else None
+    where = f" (CPUs {','.join(map(str, settings.cpus))})" if settings.cpus else ""
+    settings.why_procedure = f"other work holds {other:.1f} cores: blocks one after the other on the free ones{where}"
+
+
+def looks(cell: Cell, settings: Settings) -> int:
+    """How many verdicts this cell's sample has been asked for: after the first rounds, then after each extra group."""
+    return 1 + max(0, len(cell.pairs) - settings.rounds) // extra_rounds(settings)
+
+
+def judge(cell: Cell, settings: Settings) -> tuple[paired.Estimate, str, str]:
+    """(estimate, verdict, why) of a measured cell, its interval allowing for every look taken so far."""
+    est = paired.estimate(cell.pairs, looks=looks(cell, settings))
+    return (est, *paired.verdict(est, settings.threshold))
+
+
+def run(base: Side, head: Side, cells: list[Cell], settings: Settings, clock=time.perf_counter) -> float:
+    """Measure every cell, filling cell.pairs; returns the wall time in seconds.
+
+    `settings.rounds` rounds for every cell, then groups of extra_rounds() for the cells still
+    undecided, until none is, or a cell has `max_rounds`, or the next rounds would not fit in
+    `max_time_s`. Each cell records how many rounds it got and why it stopped.
+    """
+    if settings.procedure not in ("duet", "interleave"):
+        raise ValueError(f"procedure {settings.procedure!r}: choose_procedure() decides 'auto' before the run")
     rng = random.Random(settings.seed)
-    duet = settings.procedure == "duet"
-    budget, halves = duet_split() if duet else (threads.budget(), [None, None])
-    settings.thread_budget = budget
+    if settings.procedure == "duet":
+        settings.thread_budget, halves = duet_split()
+    else:
+        settings.thread_budget, halves = settings.thread_budget or threads.budget(), [settings.cpus, settings.cpus]
+    start = clock()
     progress = Progress(settings.rounds * (1 + settings.pairs * len(cells)))
-    start = time.perf_counter()
-    for r in range(settings.rounds):
-        # In a duet the sides swap cores every round, so neither keeps the better ones.
-        cpu = {"base": halves[r % 2], "head": halves[(r + 1) % 2]}
-        workers = {}
-        try:
-            for side in (base, head):
-                workers[side.role] = WorkerProcess(side, rng.randrange(2**31), budget, cpu[side.role], settings.passive)
-            if r == 0:
-                for side in (base, head):
-                    side.environment = workers[side.role].ask(op="environment")["environment"]
-            prepared = _setup(workers, [c for c in cells if c.status == "ok"] if r else cells, check=r == 0)
-            if r == 0:
-                _first_round_verdicts(cells, prepared, settings.block_s)
-            else:
-                _later_round_check([c for c in cells if c.status == "ok"], prepared)
-            progress.advance(f"round {r + 1}/{settings.rounds}: set up")
-            live = [c for c in cells if c.status == "ok"]
-            for c in live:
-                c.pairs.append([])
-                c.first.append([])
-            for j in range(settings.pairs):
-                order = live[:]
-                rng.shuffle(order)
-                for cell in order:
-                    base_s, head_s, first = _pair(workers, cell, duet, rng)
-                    cell.pairs[r].append((base_s, head_s))
-                    cell.first[r].append(first)
-                progress.advance(f"round {r + 1}/{settings.rounds}: pair {j + 1}/{settings.pairs}", len(cells))
-            for role, w in workers.items():
-                for cell_id in w.ask(op="finish")["diverged"]:
-                    cell = next(c for c in cells if c.id == cell_id)
-                    cell.fail("diverged", role, "weights no longer finite after timing")
-        finally:
-            for w in workers.values():
-                w.close()
+    group = extra_rounds(settings)
+    r, start_up_s = 0, []
+    while True:
+        first_rounds = r < settings.rounds
+        wanted = [c for c in cells if c.status == "ok" and (first_rounds or c.stopped is None)]
+        if not wanted:
+            break
+        # At the start of each group of rounds, once there are two rounds to make an interval
+        # from: does the next group fit in the time left?
+        if r >= 2 and (r - settings.rounds) % group == 0:
+            left = settings.max_time_s - (clock() - start)
+            if _round_s(wanted, start_up_s) * group > left:
+                for c in wanted:
+                    c.stopped = "time budget spent"
+                break
+            if not first_rounds:
+                progress.extend(group * (1 + settings.pairs * len(wanted)))
+        round_start = clock()
+        started_s = _round(base, head, cells if r == 0 else wanted, r, settings, halves, rng, progress, clock)
+        if r > 0:  # the first round's agreement checks and compilation say nothing of later rounds
+            start_up_s.append(started_s - round_start)
+            for c in wanted:
+                c.round_s.append((clock() - started_s) / len(wanted))
+        r += 1
+        if r >= settings.rounds and (r - settings.rounds) % group == 0:
+            for c in cells:
+                if c.status != "ok" or c.stopped is not None:
+                    continue
+                if judge(c, settings)[1] != paired.UNSURE:
+                    c.stopped = "decided"
+                elif len(c.pairs) >= settings.max_rounds:
+                    c.stopped = "round limit"
     progress.close()
-    return time.perf_counter() - start
+    return clock() - start
+
+
+def _round_s(cells: list[Cell], start_up_s: list[float]) -> float:
+    """What one more round of these cells will take: starting the two processes, then each cell's
+    share of the rest (its set-up and pairs) in the rounds so far."""
+    return statistics.median(start_up_s) + sum(statistics.median(c.round_s) for c in cells if c.round_s)
+
+
+def _round(
+    base: Side, head: Side, cells: list[Cell], r: int, settings: Settings, halves, rng, progress, clock
+) -> float:
+    """One round: a fresh process per side, the cells set up (and checked, in the first), then the pairs.
+
+    Returns the clock's time once both processes had started (their interpreters and imports)."""
+    duet = settings.procedure == "duet"
+    # In a duet the sides swap cores every round, so neither keeps the better ones.
+    cpu = {"base": halves[r % 2], "head": halves[(r + 1) % 2]}
+    label = f"round {r + 1}" + (f"/{settings.rounds}" if r < settings.rounds else f", {len(cells)} undecided")
+    workers = {}
+    try:
+        for side in (base, head):
+            workers[side.role] = WorkerProcess(
+                side, rng.randrange(2**31), settings.thread_budget, cpu[side.role], settings.passive
+            )
+        started_s = clock()
+        if r == 0:
+            for side in (base, head):
+                side.environment = workers[side.role].ask(op="environment")["environment"]
+        prepared = _setup(workers, cells, check=r == 0)
+        if r == 0:
+            _first_round_verdicts(cells, prepared, settings.block_s)
+        else:
+            _later_round_check(cells, prepared)
+        progress.advance(f"{label}: set up")
+        live = [c for c in cells if c.status == "ok"]
+        for c in live:
+            c.pairs.append([])
+            c.first.append([])
+        for j in range(settings.pairs):
+            order = live[:]
+            rng.shuffle(order)
+            for cell in order:
+                base_s, head_s, first = _pair(workers, cell, duet, rng)
+                cell.pairs[-1].append((base_s, head_s))
+                cell.first[-1].append(first)
+            progress.advance(f"{label}: pair {j + 1}/{settings.pairs}", len(cells))
+        for role, w in workers.items():
+            for cell_id in w.ask(op="finish")["diverged"]:
+                cell = next(c for c in cells if c.id == cell_id)
+                cell.fail("diverged", role, "weights no longer finite after timing")
+    finally:
+        for w in workers.values():
+            w.close()
+    return started_s
 
 
 def duet_split() -> tuple[int, list[list[int]]]:
@@ -144,7 +264,8 @@ def duet_split() -> tuple[int, list[list[int]]]:
 
 def _pair(workers, cell: Cell, duet: bool, rng: random.Random) -> tuple[float, float, str]:
     """(base seconds per call, head seconds per call, which ran first) from one block each."""
-    request = {"op": "time", "cell": cell.id, "number": cell.number}
+    # A block of one call that lasts a block by itself is timed cold: both sides alike, at half the cost.
+    request = {"op": "time", "cell": cell.id, "number": cell.number, "warm": cell.number > 1}
     if duet:  # both blocks at once, each on its own cores
         for w in workers.values():
             w.send(**request)
