@@ -86,3 +86,30 @@ def fake_timing(monkeypatch, quiet_machine):
     monkeypatch.setattr(timing, "alternate", alternate)
     monkeypatch.setattr(ddp, "collective_shares", lambda step: {"all_reduce": 0.25, "control": 0.05})
     return calls
+
+
+# A clock that only the test moves: timing code (the ratio tracks' alternation) run on it reads no real time.
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def call(self, seconds, log=None, label=None):
+        def advance():
+            self.now += seconds
+            if log is not None:
+                log.append(label)
+
+        return advance
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    from bench.harness import timing as harness_timing
+
+    fake = FakeClock()
+    monkeypatch.setattr(harness_timing.time, "perf_counter", fake)
+    monkeypatch.setattr(harness_timing.time, "sleep", lambda seconds: setattr(fake, "now", fake.now + seconds))
+    return fake

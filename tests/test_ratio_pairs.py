@@ -7,25 +7,10 @@ from bench.benchmarks import training_step
 from bench.harness import timing
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def call(self, seconds):
-        def advance():
-            self.now += seconds
-
-        return advance
-
-
 @pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(timing.time, "perf_counter", fake)
-    monkeypatch.setattr(timing.time, "sleep", lambda seconds: setattr(fake, "now", fake.now + seconds))
+def clock(clock, monkeypatch):
+    """conftest's fake clock, with the ratio tracks' settings of a real run."""
+    fake = clock
     monkeypatch.delenv("STEPBENCH_SMOKE", raising=False)
     # The settings of a real run (make test's smoke run sets others, read at import).
     monkeypatch.setattr(training_step, "PAIRS", 12)

@@ -20,30 +20,6 @@ from bench.harness import environment, peak, timing
 REPO = environment.REPO
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def call(self, seconds, log=None, label=None):
-        def advance():
-            self.now += seconds
-            if log is not None:
-                log.append(label)
-
-        return advance
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(timing.time, "perf_counter", fake)
-    monkeypatch.setattr(timing.time, "sleep", lambda seconds: setattr(fake, "now", fake.now + seconds))
-    return fake
-
-
 def test_alternated_blocks_give_per_call_times_and_their_ratio(clock):
     log = []
     samples = timing.alternate(clock.call(2e-3, log, "a"), clock.call(1e-3, log, "b"), pairs=20, block_s=0.01)
