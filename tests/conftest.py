@@ -10,6 +10,13 @@ TWIN = "numpy:twin"  # a second, correct implementation, as a new backend would 
 GHOST = "ghost:cpu"  # registered, but unavailable here
 WRONG = "numpy:wrong"  # registered, available, and wrong: the checker must stop it before timing
 PEAKS = {"float32": 200.0, "float64": 100.0}  # quiet_machine's GEMM peaks, GFLOP/s: one per dtype
+SHORT = ("--rounds", "2")  # the main job in tests: two rounds give an interval; the scripted times need no more
+
+
+def short_settings():
+    from bench.job import measure
+
+    return measure.Settings(rounds=2, passes=3)
 
 
 def require(name: str) -> None:
@@ -58,22 +65,79 @@ def quiet_machine(monkeypatch, tmp_path_factory):
         peak, "measure_and_cache", lambda dtype, device="cpu", at_least=0.0: max(at_least, PEAKS[dtype])
     )
     monkeypatch.setattr(load, "load_average", lambda: 0.0)
+    monkeypatch.setattr(load, "probe", lambda window_s=1.0: (0.0, {}))  # no other work, and no second spent looking
+
+    class NoOtherWork:
+        def cores_busy(self):
+            return 0.0
+
+    monkeypatch.setattr(load, "OtherWork", NoOtherWork)
+
+
+class ScriptedTimesWorker:
+    """The main job's worker (bench.job.measure.ProcessWorker) in this process: steps created and checked for
+    real (bench.gate.worker.Worker, so a wrong implementation is still stopped), block times from a script.
+
+    Seconds per call: numpy 100 us, the twin 50 us, a GEMM block at PEAKS of its dtype; float64 blocks
+    read as noisy (a problem's groups are in turn 1x, 1.5x and 0.5x as slow as a whole, alike for all
+    their blocks, so each group's ratios are exact and each round's medians the same). `calls` logs the implementations timed, one entry per cell and round.
+    """
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def __call__(self, seed, threads, cpus):
+        import impls as registry
+        from bench.gate import worker
+
+        scripted, calls = self, self.calls
+
+        class Worker(worker.Worker):
+            def __init__(self):
+                super().__init__(registry, seed)
+                self.groups, self.timed, self.group_index = {}, set(), 0
+
+            def group(self, blocks, settle_s=0.0):
+                # Groups are counted per problem, so that every round gives each problem the same factors.
+                problem = next(i.split("|", 1)[1] for i, _, _ in blocks if not i.startswith(worker.GEMM))
+                self.groups[problem] = self.group_index = self.groups.get(problem, 0) + 1
+                return [self.time(cell_id, number, warm) for cell_id, number, warm in blocks]
+
+            def time(self, cell_id, number, warm=True):
+                if cell_id not in self.timed:
+                    self.timed.add(cell_id)
+                    calls.append(cell_id.split("|")[0])
+                return scripted.per_call(self.steps[cell_id], self.group_index)
+
+            def environment(self):
+                return {}
+
+        return Worker()
+
+    @staticmethod
+    def per_call(step, group: int) -> float:
+        from bench.gate import worker
+
+        if isinstance(step, worker.Product):
+            dtype = str(step.a.dtype)
+            seconds = step.flops / (PEAKS[dtype] * 1e9)
+        else:
+            dtype = step.problem.dtype
+            seconds = 50e-6 if step.name == TWIN else 100e-6
+        spread = 0.5 if dtype == "float64" else 0.01
+        return seconds * (1 + spread * (group % 3 - 1))
 
 
 @pytest.fixture
 def fake_timing(monkeypatch, quiet_machine):
-    """measure() returns fixed samples (numpy 100 us, the twin 50 us, with one noisy config); records its calls."""
+    """The main job's blocks and the ratio tracks' alternation read scripted times (ScriptedTimesWorker: numpy
+    100 us, the twin 50 us, one noisy dtype); returns the names timed."""
     from bench.ddp import scaling as ddp
+    from bench.gate import worker
     from bench.harness import timing
+    from bench.job import measure
 
     calls = []
-
-    def measure(call, **kwargs):
-        step = call.step  # prepare.synced's call knows its step
-        calls.append(step.name)
-        base = 50e-6 if step.name == TWIN else 100e-6
-        spread = 0.5 if step.problem.dtype == "float64" else 0.01  # float64 reads as noisy
-        return timing.Timing([base * (1 - spread)] * 2 + [base] + [base * (1 + spread)] * 2, 1)
 
     def alternate(first, second, **kwargs):
         """The step of `first` against numpy's: W ranks take 100/W us (the twin's 50), numpy 100 us."""
@@ -82,7 +146,8 @@ def fake_timing(monkeypatch, quiet_machine):
         base = 100e-6 / getattr(step, "world_size", 1) if step.name != TWIN else 50e-6
         return [(base, 100e-6)] * 5
 
-    monkeypatch.setattr(timing, "measure", measure)
+    monkeypatch.setattr(measure, "ProcessWorker", ScriptedTimesWorker(calls))
+    monkeypatch.setattr(worker, "WARM_UP_S", 0.0)  # three calls: the scripted times need no warm caches
     monkeypatch.setattr(timing, "alternate", alternate)
     monkeypatch.setattr(ddp, "collective_shares", lambda step: {"all_reduce": 0.25, "control": 0.05})
     return calls

@@ -12,15 +12,15 @@ import pytest
 import impls
 import impls.timing
 from bench.ddp import scaling as ddp
-from bench.harness import grid, load, peak, timing
-from bench.job import main, report
+from bench.harness import grid, load, peak
+from bench.job import main, measure, report
 from impls import threads
 
-from .conftest import GHOST, PEAKS, TWIN, WRONG
+from .conftest import GHOST, PEAKS, SHORT, TWIN, WRONG, ScriptedTimesWorker, short_settings
 
 
 def test_main_job_covers_new_entries_and_times_only_what_agrees(new_entries, fake_timing):
-    data = main.run(impls.names(), ("seed",), ("float32", "float64"), ("sgd",), sweep=False, budget_s=0)
+    data = main.run(impls.names(), ("seed",), ("float32", "float64"), ("sgd",), sweep=False, settings=short_settings())
     status = {(r["implementation"], r["problem"]["dtype"]): r["status"] for r in data["results"]}
     assert status[TWIN, "float32"] == status["numpy", "float64"] == "ok"
     assert status[GHOST, "float32"] == "skipped" and status[WRONG, "float64"] == "disagrees"
@@ -55,7 +55,7 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
     out.mkdir()
     (out / "dynamics.md").write_text("another job's report")  # make dynamics writes beside make bench
     # Without the data-parallel runs (their own test below), so the set of files is the same everywhere.
-    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"])
+    main.main(["--presets", "seed", "--dtypes", "float32", "--out", str(out), *SHORT, "--no-data-parallel"])
     written = {p.name for p in out.iterdir()}
     assert written == {"results.json", "report.md", "scaling.png", "dynamics.md"}
     assert (out / "dynamics.md").read_text() == "another job's report"
@@ -68,7 +68,7 @@ def test_main_job_writes_all_or_nothing(fake_timing, tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "markdown", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), "--budget", "0"])
+        main.main(["--presets", "seed", "--dtypes", "float32", "--no-sweep", "--out", str(out), *SHORT])
     assert json.loads((out / "results.json").read_text()) == data  # the previous run is intact
     assert {p.name for p in out.iterdir()} == written
     assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # and no half-written folder beside it
@@ -78,7 +78,7 @@ def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timin
     monkeypatch.setattr(grid, "SWEEP_N", (64,))
     monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
     out = tmp_path / "latest"
-    args = ["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"]
+    args = ["--presets", "seed", "--dtypes", "float32", "--out", str(out), *SHORT, "--no-data-parallel"]
     main.main(args)
     assert (out / "scaling.png").exists() and "scaling.png" in (out / "report.md").read_text()
     main.main([*args, "--no-sweep"])
@@ -88,7 +88,7 @@ def test_a_run_without_the_sweep_writes_no_plot_and_drops_the_old_one(fake_timin
 
 def test_a_busy_machine_is_warned_about_in_every_output(fake_timing, monkeypatch, capsys):
     monkeypatch.setattr(load, "load_average", lambda: load.cores() + 2.0)  # two more runnable processes than cores
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, settings=short_settings())
     before, after = data["warnings"]
     assert before.startswith("before the run, the machine is busy: load average")
     assert after.startswith("after the run, the machine is busy: load average")
@@ -100,7 +100,7 @@ def test_a_busy_machine_is_warned_about_in_every_output(fake_timing, monkeypatch
 
 def test_the_main_job_rechecks_the_cached_peak_and_reports_it(fake_timing, monkeypatch):
     monkeypatch.setattr(peak, "quick_gflops", lambda dtype, device="cpu": 300.0)  # the cached 200 was under load
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
+    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, settings=short_settings())
     (warning,) = data["warnings"]
     assert "cached GEMM peak (float32 on cpu, 200.0 GFLOP/s) is below a quick product just now (300.0" in warning
     assert warning.endswith("measured again: 300.0 GFLOP/s, cached in its place")
@@ -108,19 +108,28 @@ def test_the_main_job_rechecks_the_cached_peak_and_reports_it(fake_timing, monke
     assert f"- {warning}" in report.markdown(data)
 
 
-def test_a_run_whose_speed_changes_is_flagged_by_its_first_cell_timed_again(fake_timing, monkeypatch):
-    calls = []
+def test_a_run_whose_speed_changes_is_flagged_by_numpys_blocks_round_by_round(new_entries, fake_timing, monkeypatch):
+    opened = []
 
-    def slower_later(call, **kwargs):  # steady within each timing (low IQR), three times slower at the end
-        calls.append(call.step.name)
-        return timing.Timing([100e-6 if len(calls) == 1 else 300e-6] * 5, 1)
+    class SlowerLater(ScriptedTimesWorker):  # steady within each round, three times slower in the second
+        def __call__(self, seed, threads, cpus):
+            opened.append(seed)
+            return super().__call__(seed, threads, cpus)
 
-    monkeypatch.setattr(timing, "measure", slower_later)
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, budget_s=0)
-    assert calls == ["numpy", "numpy"] and data["repeat"]["median_s"] == pytest.approx([100e-6, 300e-6])
+        @staticmethod
+        def per_call(step, group):
+            return ScriptedTimesWorker.per_call(step, group) * (3 if len(opened) == 2 else 1)
+
+    monkeypatch.setattr(measure, "ProcessWorker", SlowerLater([]))
+    data = main.run(["numpy", TWIN], ("seed",), ("float32",), ("sgd",), sweep=False, settings=short_settings())
     (warning,) = data["warnings"]
-    assert warning.startswith("the machine's speed changed during the run: numpy seed float32 sgd took 100.0 us/step")
+    assert warning.startswith(
+        "the machine's speed changed during the run: numpy seed float32 sgd took 100.0 us/step in its fastest round "
+        "and 300.0 in its slowest"
+    )
     assert f"warning: {warning}" in report.console(data)
+    twin = next(r for r in data["results"] if r["implementation"] == TWIN)
+    assert twin["speedup"] == pytest.approx(2.0) and not twin["undecided"]  # paired: the drift cancels
 
 
 def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing, tmp_path, monkeypatch):
@@ -130,7 +139,9 @@ def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing,
     monkeypatch.setattr(grid, "SWEEP_IDS", tuple(grid.sweep_id(n) for n in grid.SWEEP_N))
     monkeypatch.setattr(ddp, "WEAK_ROWS_PER_RANK", (16,))
     monkeypatch.setenv(threads.ENV, "2")
-    data = main.run(["numpy", "torch:cpu:ddp"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    data = main.run(
+        ["numpy", "torch:cpu:ddp"], ("seed",), ("float32",), ("sgd",), sweep=True, settings=short_settings()
+    )
     figures = data["data_parallel"]
     assert figures["ranks"] == [1, 2] and figures["implementations"] == ["torch:cpu:ddp"]
     cells = {(c["label"], c["ranks"]): c for c in figures["cells"]}
@@ -146,7 +157,7 @@ def test_the_main_job_runs_data_parallel_entries_at_each_rank_count(fake_timing,
     assert (out / "ddp_scaling.png").stat().st_size > 0
     md = (out / "report.md").read_text()
     assert "## Data-parallel entries at each rank count" in md and "](ddp_scaling.png)" in md
-    data_no_ddp = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=True, budget_s=0)
+    data_no_ddp = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=True, settings=short_settings())
     assert data_no_ddp["data_parallel"] is None
     main.write(data_no_ddp, out)
     assert not (out / "ddp_scaling.png").exists()  # no stale plot beside results it does not show
@@ -157,7 +168,7 @@ def test_the_sweep_heading_names_the_sweeps_optimizer_when_the_presets_ran_adam(
     # The sweep always runs SGD (grid.SWEEP_OPTIMIZER); with Adam presets its heading once named Adam.
     monkeypatch.setattr(grid, "SWEEP_N", (64,))
     monkeypatch.setattr(grid, "SWEEP_IDS", ("n00064",))
-    data = main.run(["numpy"], ["seed"], ["float32"], ["adam"], True, 0.0, data_parallel=False)
+    data = main.run(["numpy"], ["seed"], ["float32"], ["adam"], True, short_settings(), data_parallel=False)
     text, md = report.console(data), report.markdown(data)
     assert "float32, adam: median us/step" in text
     assert "batch sweep, float32, sgd (D=" in text and "batch sweep, float32, adam" not in text
@@ -166,7 +177,9 @@ def test_the_sweep_heading_names_the_sweeps_optimizer_when_the_presets_ran_adam(
 
 def test_the_console_and_markdown_tables_show_the_same_cells(new_entries, fake_timing):
     """One model, two renderings: every timed cell's time, speed-up and marks appear in both."""
-    data = main.run(["numpy", TWIN], ["seed"], ["float32", "float64"], ["sgd"], False, 0.0, data_parallel=False)
+    data = main.run(
+        ["numpy", TWIN], ["seed"], ["float32", "float64"], ["sgd"], False, short_settings(), data_parallel=False
+    )
     text, md = report.console(data), report.markdown(data)
     for dtype, twin_mark in (("float32", "* "), ("float64", "*!")):
         row = next(line for line in text.split(f"{dtype}, sgd:")[1].splitlines() if line.startswith(TWIN))
@@ -179,7 +192,7 @@ def test_the_console_and_markdown_tables_show_the_same_cells(new_entries, fake_t
 def test_the_sweep_runs_only_the_sizes_asked_for(fake_timing, tmp_path):
     out = tmp_path / "latest"
     main.main(
-        ["--presets", "seed", "--dtypes", "float32", "--out", str(out), "--budget", "0", "--no-data-parallel"]
+        ["--presets", "seed", "--dtypes", "float32", "--out", str(out), *SHORT, "--no-data-parallel"]
         + ["--implementations", "numpy", "--sweep-sizes", "n00064"]
     )
     data = json.loads((out / "results.json").read_text())

@@ -63,7 +63,7 @@ def parser() -> cli.Parser:
         default=Settings.procedure,
         help="auto: duet on a quiet machine, interleave on the free cores beside other work (default)",
     )
-    p.add_argument("--rounds", type=int, default=Settings.rounds, help="processes per side for every cell")
+    p.add_argument("--rounds", type=cli.positive_int, default=Settings.rounds, help="processes per side for every cell")
     p.add_argument(
         "--max-time",
         type=float,
@@ -71,8 +71,12 @@ def parser() -> cli.Parser:
         metavar="S",
         help="undecided cells get more rounds while the run stays within S seconds (default %(default).0f)",
     )
-    p.add_argument("--max-rounds", type=int, default=Settings.max_rounds, help="at most this many rounds for any cell")
-    p.add_argument("--pairs", type=int, default=Settings.pairs, help="pairs of blocks per cell and process")
+    p.add_argument(
+        "--max-rounds", type=cli.positive_int, default=Settings.max_rounds, help="at most this many rounds for any cell"
+    )
+    p.add_argument(
+        "--pairs", type=cli.positive_int, default=Settings.pairs, help="pairs of blocks per cell and process"
+    )
     p.add_argument("--block", type=float, default=Settings.block_s, metavar="S", help="shortest block, seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order and layouts")
     p.add_argument(

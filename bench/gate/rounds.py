@@ -127,13 +127,19 @@ def choose_procedure(settings: Settings, other: float | None, per_cpu: dict[int,
         settings.procedure = "duet"
         settings.why_procedure = "the machine is quiet" if other is not None else "no measure of other work here"
         return
+    settings.procedure = "interleave"
+    settings.thread_budget, settings.cpus, settings.why_procedure = free_cpus(other, per_cpu)
+
+
+def free_cpus(other: float, per_cpu: dict[int, float] | None) -> tuple[int, list[int] | None, str]:
+    """(threads, CPUs to pin to or None, why) beside `other` cores of other work: as many threads as
+    CPUs it leaves free (at most the thread budget), on the least busy CPUs where /proc/stat says which."""
     mine = sorted(os.sched_getaffinity(0))
     free = max(1, min(threads.budget(), math.floor(len(mine) - other + QUIET)))
-    settings.procedure, settings.thread_budget = "interleave", free
     busy = per_cpu or {}
-    settings.cpus = sorted(sorted(mine, key=lambda c: (busy.get(c, 0.0), c))[:free]) if busy else None
-    where = f" (CPUs {','.join(map(str, settings.cpus))})" if settings.cpus else ""
-    settings.why_procedure = f"other work holds {other:.1f} cores: blocks one after the other on the free ones{where}"
+    cpus = sorted(sorted(mine, key=lambda c: (busy.get(c, 0.0), c))[:free]) if busy else None
+    where = f" (CPUs {','.join(map(str, cpus))})" if cpus else ""
+    return free, cpus, f"other work holds {other:.1f} cores: blocks one after the other on the free ones{where}"
 
 
 def looks(cell: Cell, settings: Settings) -> int:

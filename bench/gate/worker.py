@@ -26,7 +26,9 @@ import platform
 import sys
 import time
 
+GEMM = "gemm"  # a cell of this name is a block of matrix products (Product), not a registered step
 WARM_UP_S = 0.1  # as bench.harness.prepare: JIT compilation and first-touch costs stay out of every timed block
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "KMP_BLOCKTIME")
 LIBRARIES = ("numpy", "scipy", "numba", "llvmlite", "torch", "jax", "jaxlib", "threadpoolctl")
 
 
@@ -49,6 +51,34 @@ def _import_impls(checkout: pathlib.Path):
     return impls
 
 
+class Product:
+    """n x n x n matrix products of one dtype, one per call, done when the call returns."""
+
+    def __init__(self, dtype: str, device: str, n: int):
+        self.flops = 2 * n**3
+        if device == "cuda":
+            import torch
+
+            torch.backends.cuda.matmul.allow_tf32 = False  # the full-precision rate, like the timed steps
+            self.a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dtype))  # n,n
+            self.out = torch.empty_like(self.a)  # n,n
+            self.matmul, self.sync = torch.matmul, torch.cuda.synchronize
+        else:
+            import numpy as np
+
+            self.a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)  # n,n
+            self.out = np.empty_like(self.a)  # n,n
+            self.matmul, self.sync = np.matmul, lambda: None
+
+    def step(self):
+        self.matmul(self.a, self.a, out=self.out)
+
+
+def _plain(details: dict) -> dict:
+    """step.describe() as JSON can carry it: what is not a number, string or container becomes its text."""
+    return json.loads(json.dumps(details, default=str))
+
+
 class Worker:
     def __init__(self, impls, seed: int):
         import numpy as np
@@ -58,6 +88,20 @@ class Worker:
         self.rng = np.random.default_rng(seed)
         self.steps = {}  # cell id -> prepared step
         self.padding = []  # kept alive: they shift where this process's arrays land
+        self.shared_ranks = None  # entered once a data-parallel backend is loaded: see share_ranks
+        self.warm_up_s = WARM_UP_S
+
+    def share_ranks(self):
+        """Data-parallel steps created from now on share their rank processes (impls.torch_ddp.shared_ranks,
+        where the checkout has it): each would otherwise start its own, seconds of importing torch per cell."""
+        module = sys.modules.get("impls.torch_ddp")
+        if self.shared_ranks is None and hasattr(module, "shared_ranks"):
+            self.shared_ranks = module.shared_ranks()
+            self.shared_ranks.__enter__()
+
+    def close(self):
+        if self.shared_ranks is not None:
+            self.shared_ranks.__exit__(None, None, None)
 
     def apply_threads(self):
         try:
@@ -66,14 +110,31 @@ class Worker:
             return None
         return threads.apply()
 
-    def setup(self, cells, check: bool) -> list[dict]:
-        out = []
+    def setup(self, cells, check: bool, warm_up_s: float | None = None) -> list[dict]:
+        """Each cell's step created (and checked), then called for warm_up_s (default WARM_UP_S), at least 3 times."""
+        self.warm_up_s = WARM_UP_S if warm_up_s is None else warm_up_s
+        out, prepared = [], {}
         for cell in cells:
+            if cell["id"] in prepared:  # one step serves every cell with its id (the main job's reference)
+                out.append(prepared[cell["id"]])
+                continue
             # A random allocation before each step moves its buffers to other addresses and
             # cache sets, so no single memory layout decides a verdict (see bench.gate.compare).
             self.padding.append(bytearray(int(self.rng.integers(64, 1 << 16))))
-            out.append(self._prepare(cell, check))
+            prepared[cell["id"]] = self._prepare(cell, check) if cell["name"] != GEMM else self._product(cell)
+            out.append(prepared[cell["id"]])
         return out
+
+    def _product(self, cell: dict) -> dict:
+        """A block of square matrix products of the cell's dtype on its device: the main job's yardstick
+        of the GEMM rate (as bench.harness.peak.product), timed like any step."""
+        self.steps[cell["id"]] = step = Product(cell["problem"]["dtype"], cell["device"], cell["n"])
+        start = time.perf_counter()
+        calls = 0
+        while calls < 3 or time.perf_counter() - start < self.warm_up_s:
+            self._call(step)
+            calls += 1
+        return {"status": "ok", "call_s": (time.perf_counter() - start) / calls, "flops": step.flops}
 
     def _prepare(self, cell: dict, check: bool) -> dict:
         impls, name = self.impls, cell["name"]
@@ -84,21 +145,27 @@ class Worker:
             return {"status": "skipped", "reason": f"{name} unavailable: {reason}"}
         try:
             self.apply_threads()
+            created = time.perf_counter()
             step = impls.create(name, impls.Problem(**cell["problem"]))
+            create_s = time.perf_counter() - created
+            self.share_ranks()
             self.apply_threads()  # again, for a backend whose library was first imported by create
         except Exception as error:  # noqa: BLE001 - reported to the driver, which names the side and cell
             return {"status": "error", "reason": f"create failed: {type(error).__name__}: {error}"}
-        result = {"status": "ok"}
+        result = {"status": "ok", "create_s": create_s, "details": _plain(getattr(step, "describe", dict)())}
         if check:
             from impls import agreement
 
+            agreement.oracle(step.problem, step.arrays)  # computed untimed (and cached for the problem's other cells)
+            checked = time.perf_counter()
             report = agreement.check(step)
+            result["check_s"] = time.perf_counter() - checked
             result["worst_ratio"] = float(report.worst_ratio)
             if not report.ok:
                 return {"status": "disagrees", "reason": str(report), "worst_ratio": float(report.worst_ratio)}
         start = time.perf_counter()
         calls = 0
-        while calls < 3 or time.perf_counter() - start < WARM_UP_S:
+        while calls < 3 or time.perf_counter() - start < self.warm_up_s:
             self._call(step)
             calls += 1
         result["call_s"] = (time.perf_counter() - start) / calls
@@ -113,6 +180,8 @@ class Worker:
         step.sync()
 
     def _finite(self, step) -> bool:
+        if isinstance(step, Product):
+            return True
         w1, w2 = step.weights()
         return bool(self.np.isfinite(w1).all() and self.np.isfinite(w2).all())
 
@@ -136,6 +205,16 @@ class Worker:
             if gc_was_enabled:
                 gc.enable()
         return elapsed / number
+
+    def group(self, blocks, settle_s: float = 0.0) -> list[float]:
+        """Seconds per call of each block [cell id, calls, warm], timed in the order given, each after a
+        pause of settle_s: thread pools that spin for a while after their last call are asleep by then."""
+        out = []
+        for cell_id, number, warm in blocks:
+            if settle_s:
+                time.sleep(settle_s)
+            out.append(self.time(cell_id, number, warm))
+        return out
 
     def finish(self) -> list[str]:
         """Cells whose weights stopped being finite while they were timed."""
@@ -161,6 +240,8 @@ class Worker:
             "versions": versions,
             "threads": thread_record,
             "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            # How the thread pools wait between calls (bench.gate.workers.PASSIVE_WAITS), as this process sees it.
+            "waits": {k: os.environ.get(k) for k in WAIT_SETTINGS},
         }
 
 
@@ -187,17 +268,20 @@ def main(argv=None) -> int:
         request = json.loads(line)
         op = request["op"]
         if op == "setup":
-            reply({"cells": worker.setup(request["cells"], request["check"])})
+            reply({"cells": worker.setup(request["cells"], request["check"], request.get("warm_up_s"))})
         elif op == "time":
             reply({"t": worker.time(request["cell"], request["number"], request.get("warm", True))})
+        elif op == "group":
+            reply({"t": worker.group(request["blocks"], request.get("settle_s", 0.0))})
         elif op == "finish":
             reply({"diverged": worker.finish()})
         elif op == "environment":
             reply({"environment": worker.environment()})
         elif op == "quit":
-            return 0
+            break
         else:
             reply({"error": f"unknown request {op!r}"})
+    worker.close()
     return 0
 
 

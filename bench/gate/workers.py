@@ -17,16 +17,18 @@ WORKER = pathlib.Path(__file__).resolve().parent / "worker.py"
 # Thread pools that sleep as soon as their work is done. By default OpenBLAS's threads spin
 # for about 2^28 cycles (0.1 s) after each call and OpenMP's for a while too: in an
 # interleaved pair the side that has just finished would still be burning a core while the
-# other side's block runs. Both sides run with the same settings.
+# other side's block runs. Both sides run with the same settings. (The main job, which times many
+# implementations in one process, bounds the spinning instead: bench.job.measure.SHORT_WAITS.)
 PASSIVE_WAITS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class WorkerProcess:
     """One side's process; requests and replies are JSON lines (bench/gate/worker.py)."""
 
-    def __init__(self, side: Side, seed: int, budget: int, cpus=None, passive: bool = True):
+    def __init__(self, side: Side, seed: int, budget: int, cpus=None, passive: bool = True, waits=None):
         self.side = side
-        env = {**os.environ, threads.ENV: str(budget), **(PASSIVE_WAITS if passive else {})}
+        waits = (PASSIVE_WAITS if passive else {}) if waits is None else waits
+        env = {**os.environ, threads.ENV: str(budget), **waits}
         command = [side.python, str(WORKER), "--checkout", str(side.checkout), "--seed", str(seed)]
         if cpus is not None:
             command += ["--cpus", ",".join(map(str, cpus))]

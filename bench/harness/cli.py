@@ -59,6 +59,17 @@ def non_negative_seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more; got {text!r}")
+    return value
+
+
 def check_thread_budget() -> None:
     """Fatal for a STEPBENCH_THREADS that is not a positive integer, before any step would read it."""
     try:

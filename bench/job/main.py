@@ -2,15 +2,17 @@
 
     python -m bench [--presets seed tutorial medium] [--dtypes float32 float64] [--optimizers sgd]
                     [--implementations ...] [--sweep-sizes n00064 ...] [--no-sweep] [--no-data-parallel]
-                    [--budget S] [--out DIR]
+                    [--rounds N] [--max-time S] [--out DIR]
 
 Progress goes to stderr, the tables to stdout. results/latest/ (or --out) gets results.json
 (every measurement and the environment), report.md, scaling.png and, where a data-parallel
 entry can run, ddp_scaling.png (bench.ddp: each rank count against numpy); it is written under a
 temporary name and swapped in at the end, so an interrupted run leaves the previous one.
-Settings are checked before anything is timed (bench.harness.cli). Signs that the machine was busy
-(the load average, a cached GEMM peak a quick product disagrees with, the first timed cell
-timed again at the end and differing) are warnings: on stderr, in results.json and report.md.
+The speed-ups and fractions of the GEMM rate are measured paired, in rounds of fresh processes
+(bench.job.measure), with their intervals. Settings are checked before anything is timed
+(bench.harness.cli). Signs that the machine was busy (the load average, other work measured
+before and during the run, a cached GEMM peak a quick product disagrees with, numpy's blocks
+slower in one round than another) are warnings: on stderr, in results.json and report.md.
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ import shutil
 import sys
 import time
 
+import numpy as np
+
 import impls
 from bench.ddp import scaling as ddp
+from bench.gate import rounds
 from bench.harness import cli, environment, grid, load, peak, prepare, timing
-from bench.job import plots, report
+from bench.job import measure, plots, report
 from impls import threads
 
 DEFAULT_OUT = environment.REPO / "results" / "latest"
 DEFAULT_PRESETS = ("seed", "tutorial", "medium")
-REPEAT_SPREAD = 1.25  # the first timed cell, timed again at the end: a ratio beyond this says the machine changed
+REPEAT_SPREAD = 1.25  # numpy's blocks, fastest round against slowest: beyond this the machine changed speed
 
 
 @dataclasses.dataclass
@@ -44,17 +49,29 @@ class Result:
     kind: str  # "preset" or "sweep"
     problem: dict
     flops: int
-    status: str  # ok | skipped | disagrees | diverged
+    status: str  # ok | skipped | disagrees | diverged | error
     reason: str = ""  # why skipped, or the checker's report
     agreement_worst_ratio: float | None = None
-    samples_s: list[float] = dataclasses.field(default_factory=list)  # seconds per step, one per block
+    samples_s: list[float] = dataclasses.field(default_factory=list)  # seconds per step, one per block, all rounds
     number: int = 0  # steps per block
     median_s: float | None = None
     iqr_ratio: float | None = None
     gflops: float | None = None
-    peak_fraction: float | None = None
-    # Seconds paid once before timing (bench.harness.prepare.Prepared): create (compilation included), the
-    # agreement check's calls, and their sum; None where this process had checked the problem already.
+    peak_fraction: float | None = None  # GFLOP/s over the cached GEMM peak: absolute, so it drifts with the machine
+    # Paired (bench.job.measure): numpy's time over this step's in the same groups, and the step's rate over a
+    # GEMM block's alongside it, each with its 95% interval; undecided: the speed-up's is wider than +-5%.
+    speedup: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    gemm_fraction: float | None = None
+    gemm_fraction_low: float | None = None
+    gemm_fraction_high: float | None = None
+    rounds: int = 0  # processes it was timed in
+    groups: int = 0  # paired groups over all rounds
+    undecided: bool = False
+    stopped: str | None = None  # decided | round limit | time budget spent
+    # Seconds paid once before timing, in the first round's process: create (compilation included), the
+    # agreement check's calls, and their sum.
     create_s: float | None = None
     check_s: float | None = None
     setup_s: float | None = None
@@ -67,34 +84,6 @@ class Result:
     @property
     def optimizer(self) -> str:
         return self.problem["optimizer"]
-
-
-def measure(name: str, problem: impls.Problem, label: str, kind: str, preset: str | None, budget_s: float) -> Result:
-    result = Result(name, label, kind, dataclasses.asdict(problem), impls.flops(problem), "ok")
-    try:
-        prepared = prepare.prepare(name, problem, preset)
-    except prepare.Skip as why:
-        result.status, result.reason = "skipped", str(why)
-        return result
-    except prepare.Disagrees as report_text:
-        result.status, result.reason = "disagrees", str(report_text)
-        return result
-    except prepare.Diverged as why:
-        result.status, result.reason = "diverged", str(why)
-        return result
-    result.agreement_worst_ratio = prepared.verdict.worst_ratio
-    result.create_s, result.check_s, result.setup_s = prepared.create_s, prepared.check_s, prepared.setup_s
-    result.details = prepared.step.describe()
-    t = timing.measure(prepare.synced(prepared.step), budget_s=budget_s)
-    try:
-        prepare.assert_finite(prepared.step)
-    except prepare.Diverged as why:
-        result.status, result.reason = "diverged", str(why)
-        return result
-    result.samples_s, result.number, result.median_s, result.iqr_ratio = t.samples, t.number, t.median, t.iqr_ratio
-    result.gflops = result.flops / t.median / 1e9
-    result.peak_fraction = result.gflops / peak.gemm_peak_gflops(problem.dtype, grid.device(name))
-    return result
 
 
 def cases(names, presets, dtypes, optimizers, sweep):
@@ -128,48 +117,119 @@ def gemm_peaks(devices, dtypes, warnings: list[str]) -> dict:
     return peaks
 
 
-def repeat_first(case, first: Result, budget_s: float, warnings: list[str]) -> dict | None:
-    """Time the run's first timed cell again: one cell at the start and the end of a run should agree."""
-    again = measure(*case, budget_s)
-    if again.status != "ok":
+def choose_threads(settings: measure.Settings, warnings: list[str]) -> None:
+    """The budget's threads on a quiet machine; beside other work, the CPUs it leaves free (measured, not assumed)."""
+    other, per_cpu = load.probe()
+    settings.other_work_before = other
+    if other is None or other < rounds.QUIET:
+        settings.threads, settings.cpus = threads.budget(), None
+        settings.why_threads = "the machine is quiet" if other is not None else "no measure of other work here"
+        return
+    settings.threads, settings.cpus, settings.why_threads = rounds.free_cpus(other, per_cpu)
+    warn(
+        warnings,
+        f"before the run, {settings.why_threads}: each step runs on {settings.threads} thread(s), not the budget's "
+        f"{threads.budget()}; the speed-ups are paired and hold, the absolute times are those of a shared machine",
+    )
+
+
+def drift_warning(groups: list[measure.Group]) -> str | None:
+    """numpy's blocks, round by round: the machine's speed over the run (the ratios are paired and do not carry it)."""
+    worst = None
+    for g in groups:
+        ref = g.reference
+        per_round = [float(np.median(t)) for t in ref.times if t]
+        if ref.status == "ok" and len(per_round) >= 2:
+            spread = max(per_round) / min(per_round)
+            if worst is None or spread > worst[0]:
+                worst = (spread, ref, min(per_round), max(per_round))
+    if worst is None or worst[0] <= REPEAT_SPREAD:
         return None
-    name, problem, label = case[:3]
-    ratio = again.median_s / first.median_s
-    if max(ratio, 1 / ratio) > REPEAT_SPREAD:
-        warn(
-            warnings,
-            f"the machine's speed changed during the run: {name} {label} {problem.dtype} {problem.optimizer} took "
-            f"{first.median_s * 1e6:,.1f} us/step at the start and {again.median_s * 1e6:,.1f} us/step at the end; "
-            "rerun on a quieter machine before trusting the timings",
-        )
-    return {"implementation": name, "label": label, "median_s": [first.median_s, again.median_s]}
+    spread, ref, fast, slow = worst
+    return (
+        f"the machine's speed changed during the run: {ref.name} {ref.label} {ref.problem.dtype} {ref.problem.optimizer}"
+        f" took {fast * 1e6:,.1f} us/step in its fastest round and {slow * 1e6:,.1f} in its slowest; the speed-ups "
+        "are paired and allow for it, the absolute times do not: rerun on a quieter machine before quoting them"
+    )
 
 
-def run(names, presets, dtypes, optimizers, sweep, budget_s, data_parallel=True) -> dict:
+def result(cell: measure.Cell, settings: measure.Settings, peaks: dict) -> Result:
+    r = Result(cell.name, cell.label, cell.kind, dataclasses.asdict(cell.problem), impls.flops(cell.problem), "ok")
+    r.agreement_worst_ratio, r.details = cell.worst_ratio, cell.details
+    r.create_s, r.check_s = cell.create_s, cell.check_s
+    r.setup_s = None if cell.create_s is None or cell.check_s is None else cell.create_s + cell.check_s
+    if cell.status != "ok" or not any(cell.times):
+        r.status = cell.status if cell.status != "ok" else "error"
+        r.reason = cell.reason or "not timed: the run's time budget was spent first"
+        return r
+    r.samples_s, r.median_s, r.iqr_ratio = measure.seconds_summary(cell)
+    r.number = cell.number
+    r.gflops = r.flops / r.median_s / 1e9
+    r.peak_fraction = r.gflops / peaks[cell.device][cell.problem.dtype]
+    gemm_flops = 2 * peak.QUICK_SIZES[cell.device] ** 3
+    f = measure.figures(cell, settings, gemm_flops)
+    r.speedup, r.speedup_low, r.speedup_high = f.speedup, f.speedup_low, f.speedup_high
+    r.gemm_fraction, r.gemm_fraction_low, r.gemm_fraction_high = (
+        f.gemm_fraction,
+        f.gemm_fraction_low,
+        f.gemm_fraction_high,
+    )
+    r.rounds, r.groups, r.stopped = f.rounds, f.groups, cell.stopped
+    r.undecided = not measure.narrow(cell, settings)
+    return r
+
+
+def run(names, presets, dtypes, optimizers, sweep, settings=None, data_parallel=True, open_worker=None) -> dict:
+    """Check and time every selected cell (bench.job.measure), then the data-parallel figures; the run's record.
+
+    open_worker(seed, threads, cpus): a round's worker (default: a fresh process, measure.ProcessWorker).
+    """
+    settings = settings or measure.Settings()
     todo = list(cases(names, presets, dtypes, optimizers, sweep))
     warnings: list[str] = []
     budget = threads.budget()
     warn(warnings, _when("before the run", load.busy_warning(budget)))
     devices = sorted({grid.device(n) for n in names if prepare.skip_reason(n) is None})
     peaks = gemm_peaks(devices, dtypes, warnings)
-    results = []
+    choose_threads(settings, warnings)
     start = time.perf_counter()
-    width = max(map(len, names))
-    for i, (name, problem, label, kind, preset) in enumerate(todo, 1):
-        r = measure(name, problem, label, kind, preset, budget_s)
-        results.append(r)
-        if r.status == "ok":
-            outcome = f"{r.median_s * 1e6:12.1f} us/step  IQR/median {r.iqr_ratio:4.0%}  setup {_seconds(r.setup_s)}"
+    by_case, cells = {}, []
+    for name, problem, label, kind, preset in todo:
+        reason = prepare.skip_reason(name, preset)
+        if reason is not None:
+            by_case[name, label, problem] = Result(
+                name, label, kind, dataclasses.asdict(problem), impls.flops(problem), "skipped", reason
+            )
         else:
-            outcome = f"{r.status}: {r.reason.splitlines()[0]}"
-        print(
-            f"[{i:3d}/{len(todo)} {time.perf_counter() - start:5.0f} s] {name:<{width}} {label:<8} "
-            f"{problem.dtype} {problem.optimizer:<4} {outcome}",
-            file=sys.stderr,
-            flush=True,
+            cells.append(measure.Cell(name, problem, label, kind, device=grid.device(name)))
+    groups = measure.build_groups(cells)
+    print(
+        f"timing {len(cells)} cells of {len(groups)} problems in paired groups (each with numpy's step and a GEMM "
+        f"block), {settings.rounds} rounds of a fresh process, {settings.threads} thread(s): {settings.why_threads}",
+        file=sys.stderr,
+        flush=True,
+    )
+    other = load.OtherWork()
+    if cells:
+        measure.run(groups, settings, open_worker or measure.ProcessWorker)
+    settings.other_work_during = other.cores_busy()
+    for cell in cells:
+        by_case[cell.name, cell.label, cell.problem] = result(cell, settings, peaks)
+    results = [by_case[name, label, problem] for name, problem, label, _, _ in todo]
+    for r in results:
+        if r.status in ("disagrees", "diverged", "error"):
+            print(f"{r.status}: {r.implementation} {r.label} {r.dtype} {r.optimizer}", file=sys.stderr, flush=True)
+    warn(warnings, drift_warning(groups))
+    undecided = [r for r in results if r.undecided]
+    if undecided:
+        warn(
+            warnings,
+            f"{len(undecided)} of {sum(r.status == 'ok' for r in results)} speed-ups are undecided: their 95% interval "
+            f"is wider than +-{settings.width:.0%} after the rounds the time allowed (--max-time); they are printed "
+            "with it",
         )
-    first = next((i for i, r in enumerate(results) if r.status == "ok"), None)
-    repeat = None if first is None else repeat_first(todo[first], results[first], budget_s, warnings)
+    if settings.other_work_during is not None and settings.other_work_during >= rounds.QUIET:
+        warn(warnings, f"during the run, other work kept {settings.other_work_during:.1f} cores busy on average")
     figures = None
     if data_parallel and ddp.data_parallel_names(names):
         print("data-parallel entries at each rank count, alternated with numpy:", file=sys.stderr, flush=True)
@@ -177,20 +237,20 @@ def run(names, presets, dtypes, optimizers, sweep, budget_s, data_parallel=True)
         figures = ddp.figures(names, presets, dtypes, optimizers, sweep, progress)
     warn(warnings, _when("after the run", load.busy_warning(budget, own_threads=budget)))
     return {
-        "environment": environment.record(),  # after the run, so the loaded backends' threads are in it
+        "environment": environment.record(),
         "gemm_peak_gflops": peaks,
         "gemm_peak_cache": str(peak.cache_dir()),
         "warnings": warnings,
-        "repeat": repeat,
         "settings": {
             "presets": list(presets),
             "dtypes": list(dtypes),
             "optimizers": list(optimizers),
             "sweep": list(grid.sweep_selection(sweep)),
-            "budget_s": budget_s,
             "noisy_iqr_ratio": timing.NOISY,
             "reference": grid.REFERENCE,
+            "gemm_n": dict(peak.QUICK_SIZES),
         },
+        "measurement": dataclasses.asdict(settings),
         "wall_s": time.perf_counter() - start,
         "results": [dataclasses.asdict(r) for r in results],
         "data_parallel": figures,
@@ -319,11 +379,20 @@ def parser() -> cli.Parser:
         help="skip the data-parallel entries' runs at each rank count (and ddp_scaling.png)",
     )
     p.add_argument(
-        "--budget",
+        "--rounds",
+        type=cli.positive_int,
+        default=measure.Settings.rounds,
+        metavar="N",
+        help=f"fresh processes every cell is timed in (default: {measure.Settings.rounds}); cells whose speed-up "
+        f"interval is wider than +-{measure.Settings.width:.0%} get more, up to {measure.Settings.max_rounds}",
+    )
+    p.add_argument(
+        "--max-time",
         type=cli.non_negative_seconds,
-        default=0.5,
+        default=measure.Settings.max_time_s,
         metavar="S",
-        help="seconds of timing per configuration (default: 0.5)",
+        help="seconds the paired measurement may take before undecided cells stop getting rounds "
+        f"(default: {measure.Settings.max_time_s:.0f})",
     )
     p.add_argument(
         "--out",
@@ -345,7 +414,8 @@ def main(argv=None) -> int:
         if name not in impls.names():
             parser_.error(f"implementation must be one of {', '.join(impls.names())}; got {name!r}")
     check_settings(names, args)
-    data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, args.budget, args.data_parallel)
+    settings = measure.Settings(rounds=args.rounds, max_time_s=args.max_time)
+    data = run(names, args.presets, args.dtypes, args.optimizers, args.sweep, settings, args.data_parallel)
     print(report.console(data))
     write(data, args.out)
     written = ", ".join(name for name in OUTPUTS if (args.out / name).exists())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bench.harness import grid
 from bench.job import tables
-from bench.job.tables import BEST, NOISY
+from bench.job.tables import BEST, NOISY, UNDECIDED
 
 OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
 
@@ -19,12 +19,12 @@ def console(data: dict) -> str:
     skipped = tables.unavailable(data)
     lines = []
     for table in tables.tables(data, "preset") + tables.tables(data, "sweep"):
-        lines += tables.console(table, settings["reference"], data["gemm_peak_gflops"])
+        lines += tables.console(table, settings["reference"])
     lines += _data_parallel_lines(data, markdown=False)
-    lines += [
-        "",
-        f"{BEST} fastest in its column   {NOISY} noisy: IQR/median above {settings['noisy_iqr_ratio']:.0%}",
-    ]
+    lines += ["", _legend(data)]
+    measured = _measurement_text(data)
+    if measured:
+        lines.append(measured)
     noisy = [r for r in data["results"] if r["status"] == "ok" and r["iqr_ratio"] > settings["noisy_iqr_ratio"]]
     if noisy:
         lines.append(
@@ -50,6 +50,30 @@ def console(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _legend(data: dict) -> str:
+    settings, m = data["settings"], data.get("measurement")
+    text = f"{BEST} highest speed-up in its column   {NOISY} noisy: IQR/median above {settings['noisy_iqr_ratio']:.0%}"
+    if m:
+        text += f"   {UNDECIDED} undecided: the speed-up's 95% interval is wider than ±{m['width']:.0%}"
+    return text
+
+
+def _measurement_text(data: dict) -> str | None:
+    """How the run was measured: rounds, threads and why (older results.json have no such record)."""
+    m = data.get("measurement")
+    if not m:
+        return None
+    pinned = f", pinned to CPUs {','.join(map(str, m['cpus']))}" if m.get("cpus") else ""
+    other = m.get("other_work_during")
+    during = "" if other is None else f"; other work during the run: {other:.1f} cores"
+    return (
+        f"measured in paired groups per problem (each step's block beside numpy's and a GEMM block's, random "
+        f"order): {m['rounds']} rounds of a fresh process, {m['passes']} groups each, more for undecided cells up "
+        f"to {m['max_rounds']} rounds or {m['max_time_s']:.0f} s; {m['threads']} thread(s){pinned}: "
+        f"{m['why_threads']}{during}"
+    )
+
+
 def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None) -> str:
     """report.md: environment, GEMM peaks, the tables, skipped and failed implementations, the plot."""
     env, settings = data["environment"], data["settings"]
@@ -64,11 +88,14 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
         "# stepbench: one training step, every implementation",
         "",
         "Each cell: median time per step, achieved GFLOP/s (matmul FLOPs of the step, `impls.flops`), "
-        "the fraction of this machine's measured GEMM peak, and the speed-up over "
-        f"`{ref_name}` in the same run, and the setup seconds paid once per process before the first timed step "
-        "(creating the step, with any JIT or graph compilation, and the agreement check's first calls). "
-        f"**Bold**: fastest in its column; (!): IQR/median above "
-        f"{settings['noisy_iqr_ratio']:.0%}. Every timed implementation passed the agreement check first.",
+        "the fraction of the rate of a matrix product of the same dtype timed alongside it, the speed-up over "
+        f"`{ref_name}` with its 95% interval, and the setup seconds paid once per process before the first timed "
+        "step (creating the step, with any JIT or graph compilation, and the agreement check's first calls). "
+        "The two ratios are paired: per problem, one block of every step, of numpy's and of the product run back "
+        "to back in random order, so that the machine's drift cancels (bench/job/measure.py). "
+        f"**Bold**: the highest speed-up in its column; (!): IQR/median above "
+        f"{settings['noisy_iqr_ratio']:.0%}; undecided: the interval is wider than ±5%. Every timed implementation "
+        "passed the agreement check first.",
         "",
         f"- machine: {env['machine']}, {env['cpu']}, {env['cores']} cores, {env['system']}",
         f"- thread budget: {env['threads']['budget']}; BLAS: {blas or 'unknown'}",
@@ -79,8 +106,11 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
             f"{d}: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in p.items())
             for d, p in data["gemm_peak_gflops"].items()
         ),
-        f"- run: {data['wall_s']:.0f} s, {settings['budget_s']} s of timing per configuration",
+        f"- run: {data['wall_s']:.0f} s",
     ]
+    measured = _measurement_text(data)
+    if measured:
+        out.append(f"- {measured}")
     warnings = data.get("warnings", [])  # older results.json have none
     if warnings:
         out += ["", "## Warnings: signs of a busy machine", ""] + [f"- {w}" for w in warnings]
@@ -90,7 +120,7 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
     if sweep:
         d, h, o = grid.SWEEP_SHAPE
         optimizers = ", ".join(dict.fromkeys(OPTIMIZER_NAMES.get(t.optimizer, t.optimizer) for t in sweep))
-        out += ["", f"## Batch sweep (D={d}, H={h}, O={o}, {optimizers}): us/step (GFLOP/s)"]
+        out += ["", f"## Batch sweep (D={d}, H={h}, O={o}, {optimizers}): us/step, speed-up over `{ref_name}`"]
         for table in sweep:
             out += tables.markdown(table, f"{table.dtype}:")
         if plot:

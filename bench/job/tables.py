@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from bench.harness import grid
 
-BEST, NOISY = "*", "!"
+BEST, NOISY, UNDECIDED = "*", "!", "?"
 FAILED_TEXT = {"skipped": "skipped", "disagrees": "DISAGREES", "diverged": "DIVERGED"}
 
 
@@ -23,11 +23,14 @@ class Entry:
     status: str  # ok | skipped | disagrees | diverged | missing
     us: float = 0.0  # median per step
     gflops: float = 0.0
-    peak_percent: float = 0.0
-    speedup: float | None = None  # over the reference in the same run; None where the reference has no time
+    gemm_percent: float | None = None  # of the GEMM block's rate alongside (paired); None in older results.json
+    speedup: float | None = None  # over the reference, paired; None where the reference has no time
+    speedup_low: float | None = None  # its 95% interval
+    speedup_high: float | None = None
+    undecided: bool = False  # the speed-up's interval is wider than the run's +-width
     setup_s: float | None = None  # None in results.json files older than setup seconds
-    best: bool = False  # fastest in its column
-    noisy: bool = False  # IQR/median above the run's threshold
+    best: bool = False  # the highest speed-up in its column
+    noisy: bool = False  # IQR/median of its blocks above the run's threshold
 
     @property
     def failed_text(self) -> str:
@@ -61,22 +64,30 @@ def unavailable(data: dict) -> dict[str, str]:
 
 
 def _best(rows: dict, label: str) -> str | None:
-    timed = {n: cells[label]["median_s"] for n, cells in rows.items() if cells.get(label, {}).get("status") == "ok"}
-    return min(timed, key=timed.get) if timed else None
+    """The highest speed-up in the column: the ranking comes from the paired ratios, not from the times."""
+    timed = {
+        n: cells[label]["speedup"]
+        for n, cells in rows.items()
+        if cells.get(label, {}).get("status") == "ok" and cells[label].get("speedup") is not None
+    }
+    return max(timed, key=timed.get) if timed else None
 
 
-def _entry(r: dict | None, reference: dict | None, best: bool, noisy_iqr_ratio: float) -> Entry:
+def _entry(r: dict | None, best: bool, noisy_iqr_ratio: float) -> Entry:
     if r is None:
         return Entry("missing")
     if r["status"] != "ok":
         return Entry(r["status"])
-    speedup = reference["median_s"] / r["median_s"] if reference and reference["status"] == "ok" else None
+    fraction = r.get("gemm_fraction")
     return Entry(
         "ok",
         us=r["median_s"] * 1e6,
         gflops=r["gflops"],
-        peak_percent=100 * r["peak_fraction"],
-        speedup=speedup,
+        gemm_percent=None if fraction is None else 100 * fraction,
+        speedup=r.get("speedup"),
+        speedup_low=r.get("speedup_low"),
+        speedup_high=r.get("speedup_high"),
+        undecided=r.get("undecided", False),
         setup_s=r.get("setup_s"),
         best=best,
         noisy=r["iqr_ratio"] > noisy_iqr_ratio,
@@ -86,26 +97,18 @@ def _entry(r: dict | None, reference: dict | None, best: bool, noisy_iqr_ratio: 
 def tables(data: dict, kind: str) -> list[Table]:
     """The tables of one kind of result, one per (dtype, optimizer), implementations skipped everywhere left out."""
     settings = data["settings"]
-    reference, skipped = settings["reference"], unavailable(data)
+    skipped = unavailable(data)
     labels = settings["presets"] if kind == "preset" else settings["sweep"]
     out = []
     for (dtype, optimizer), by_name in sorted(groups(data, kind).items()):
         by_name = {n: c for n, c in by_name.items() if n not in skipped}
         if not by_name:
             continue
-        best = {label: _best(by_name, label) for label in labels} if kind == "preset" else {}
+        best = {label: _best(by_name, label) for label in labels}
         rows = [
             (
                 name,
-                [
-                    _entry(
-                        cells.get(label),
-                        by_name.get(reference, {}).get(label),
-                        best.get(label) == name,
-                        settings["noisy_iqr_ratio"],
-                    )
-                    for label in labels
-                ],
+                [_entry(cells.get(label), best.get(label) == name, settings["noisy_iqr_ratio"]) for label in labels],
             )
             for name, cells in by_name.items()
         ]
@@ -118,37 +121,56 @@ def _setup_text(e: Entry) -> str:
 
 
 def _speedup_text(e: Entry) -> str:
-    return "n/a" if e.speedup is None else f"{e.speedup:.2f}x"
+    """1.29x+-3%: the speed-up and the half-width of its interval (the larger side); ? where undecided."""
+    if e.speedup is None:
+        return "n/a"
+    if e.speedup_low is None or e.speedup_low == e.speedup_high:  # the reference: 1 by definition
+        return f"{e.speedup:.2f}x"
+    half = max(e.speedup_high / e.speedup - 1, 1 - e.speedup_low / e.speedup)
+    return f"{e.speedup:.2f}x±{half:.0%}" + (UNDECIDED if e.undecided else "")
+
+
+def _interval_text(e: Entry) -> str:
+    if e.speedup is None:
+        return "n/a"
+    if e.speedup_low is None or e.speedup_low == e.speedup_high:
+        return f"{e.speedup:.2f}x"
+    text = f"{e.speedup:.2f}x ({e.speedup_low:.2f}-{e.speedup_high:.2f})"
+    return text + (" undecided" if e.undecided else "")
+
+
+def _gemm_text(e: Entry) -> str:
+    return "n/a" if e.gemm_percent is None else f"{e.gemm_percent:.1f}%"
 
 
 # --- console ---------------------------------------------------------------------------------
 
-PRESET_CELL_W = 46  # 12 + 8 + 7 + 9 + 8 + 2 marks
-SWEEP_CELL_W = 20
+PRESET_CELL_W = 51  # 12 + 2 marks + 8 + 7 + 14 + 8
+SWEEP_CELL_W = 27
 
 
 def _name_width(table: Table) -> int:
     return max(14, *(len(name) for name, _ in table.rows))
 
 
-def console(table: Table, reference: str, peaks: dict) -> list[str]:
+def console(table: Table, reference: str) -> list[str]:
     name_w = _name_width(table)
     if table.kind == "preset":
-        peak_text = ", ".join(f"{d} {p[table.dtype]:.1f}" for d, p in peaks.items())
         lines = [
             "",
-            f"{table.dtype}, {table.optimizer}: median us/step, GFLOP/s, % of GEMM peak ({peak_text} GFLOP/s), "
-            f"speed-up over {reference}, setup seconds (create with any compilation, and the first calls; paid "
-            "once per process)",
+            f"{table.dtype}, {table.optimizer}: median us/step, GFLOP/s, % of the GEMM rate (a {table.dtype} "
+            f"product timed alongside), speed-up over {reference} (paired) +- its 95% interval, setup seconds "
+            "(create with any compilation, and the first calls; paid once per process)",
             f"{'':<{name_w}}" + "".join(f"{label:>{PRESET_CELL_W - 2}}  " for label in table.labels),
             f"{'implementation':<{name_w}}"
-            + f"{'us/step':>12}  {'GFLOP/s':>8}{'peak':>7}{'speed-up':>9}{'setup s':>8}" * len(table.labels),
+            + f"{'us/step':>14}{'GFLOP/s':>8}{'GEMM':>7}{'speed-up':>14}{'setup s':>8}" * len(table.labels),
         ]
     else:
         d, h, o = grid.SWEEP_SHAPE
         lines = [
             "",
-            f"batch sweep, {table.dtype}, {table.optimizer} (D={d}, H={h}, O={o}): median us/step (GFLOP/s)",
+            f"batch sweep, {table.dtype}, {table.optimizer} (D={d}, H={h}, O={o}): median us/step, speed-up over "
+            f"{reference} (paired) +- its 95% interval",
             f"{'implementation':<{name_w}}" + "".join(f"{label:>{SWEEP_CELL_W - 1}} " for label in table.labels),
         ]
     for name, entries in table.rows:
@@ -160,12 +182,11 @@ def _console_entry(kind: str, e: Entry) -> str:
     width = PRESET_CELL_W if kind == "preset" else SWEEP_CELL_W
     if e.status != "ok":
         return f"{e.failed_text:>{width - 2}}  " if kind == "preset" else f"{e.failed_text:>{width - 1}} "
-    noisy = NOISY if e.noisy else " "
-    if kind == "sweep":
-        return f"{e.us:>12,.1f} ({e.gflops:>5.1f}){noisy}"
     # The marks belong to the time, so they follow it: after the setup seconds they read as theirs.
-    mark = (BEST if e.best else " ") + noisy
-    return f"{e.us:>12,.1f}{mark}{e.gflops:>8.2f}{e.peak_percent:>6.1f}%{_speedup_text(e):>9}{_setup_text(e):>8}"
+    mark = (BEST if e.best else " ") + (NOISY if e.noisy else " ")
+    if kind == "sweep":
+        return f"{e.us:>12,.1f}{mark}{_speedup_text(e):>12} "
+    return f"{e.us:>12,.1f}{mark}{e.gflops:>8.2f}{_gemm_text(e):>7}{_speedup_text(e):>14}{_setup_text(e):>8}"
 
 
 # --- markdown --------------------------------------------------------------------------------
@@ -184,10 +205,10 @@ def _markdown_entry(kind: str, e: Entry) -> str:
     if e.status != "ok":
         return e.failed_text
     noisy = " (!)" if e.noisy else ""
-    if kind == "sweep":
-        return f"{e.us:,.1f} ({e.gflops:.1f}){noisy}"
     time_text = f"**{e.us:,.1f} us**" if e.best else f"{e.us:,.1f} us"
+    if kind == "sweep":
+        return f"{time_text}{noisy}<br>{_interval_text(e)}"
     return (
-        f"{time_text}{noisy}<br>{e.gflops:.2f} GFLOP/s · {e.peak_percent:.1f}% · {_speedup_text(e)} · "
+        f"{time_text}{noisy}<br>{e.gflops:.2f} GFLOP/s · {_gemm_text(e)} · {_interval_text(e)} · "
         f"setup {_setup_text(e)} s"
     )
