@@ -40,6 +40,7 @@ class Script:
         self.status = status or {}  # name -> status at set-up
         self.start_s = start_s  # what starting a process costs on the clock
         self.opened, self.set_up, self.requests, self.settles, self.warm_ups = [], [], [], [], []
+        self.payloads = []  # per round: what set-up was given
 
     def __call__(self, seed, threads, cpus):
         self.clock.now += self.start_s
@@ -49,6 +50,7 @@ class Script:
 
     def setup(self, payloads, check, warm_up_s=None):
         self.set_up.append(([p["id"] for p in payloads], check))
+        self.payloads.append(payloads)
         self.warm_ups.append(warm_up_s)
         out = []
         for p in payloads:
@@ -276,3 +278,26 @@ def test_rounds_and_max_time_are_checked_on_the_command_line(capsys):
     err = capsys.readouterr().err
     assert "must be a whole number, 1 or more; got '0'" in err and "got '-1'" in err
     assert math.isclose(main.parser().parse_args([]).max_time, measure.Settings.max_time_s)
+
+
+def test_later_rounds_create_the_step_that_was_checked():
+    """A step whose create chose a plan (numba:blas, by timing trials) is created with that plan in later rounds."""
+    clock = FakeClock()
+    script = Script(steady({"planned": 2.0}), clock)
+    plan = {"plan": "l1=blas,l2=loops"}
+    real_setup = script.setup
+
+    def setup(payloads, check, warm_up_s=None):
+        out = real_setup(payloads, check, warm_up_s)
+        for p, got in zip(payloads, out, strict=True):
+            if p["name"] == "planned" and check:
+                got["create_options"] = plan
+        return out
+
+    script.setup = setup
+    cells = cells_for(["numpy", "planned"])
+    measure.run(measure.build_groups(cells), measure.Settings(), script, clock=clock)
+    given = [{p["name"]: p.get("options") for p in payloads} for payloads in script.payloads]
+    assert given[0]["planned"] is None  # the first round: its create chooses, and is checked
+    assert all(g["planned"] == plan for g in given[1:]) and len(given) == measure.Settings.rounds
+    assert all(g["numpy"] is None for g in given)  # numpy chose nothing

@@ -74,6 +74,16 @@ class Product:
         self.matmul(self.a, self.a, out=self.out)
 
 
+def create_options(step) -> dict:
+    """impls.create options that make this step again, where its create chose how to run (numba:blas's
+    plan, by timing trials): a later process given them creates the step that was checked, without the trials.
+    As bench.harness.agreement_worker.create_options, which this script cannot import (it runs old revisions)."""
+    plan = getattr(step, "plan", None)
+    if isinstance(plan, dict) and plan:
+        return {"plan": ",".join(f"{key}={value}" for key, value in plan.items())}
+    return {}
+
+
 def _plain(details: dict) -> dict:
     """step.describe() as JSON can carry it: what is not a number, string or container becomes its text."""
     return json.loads(json.dumps(details, default=str))
@@ -146,13 +156,18 @@ class Worker:
         try:
             self.apply_threads()
             created = time.perf_counter()
-            step = impls.create(name, impls.Problem(**cell["problem"]))
+            step = impls.create(name, impls.Problem(**cell["problem"]), **cell.get("options", {}))
             create_s = time.perf_counter() - created
             self.share_ranks()
             self.apply_threads()  # again, for a backend whose library was first imported by create
         except Exception as error:  # noqa: BLE001 - reported to the driver, which names the side and cell
             return {"status": "error", "reason": f"create failed: {type(error).__name__}: {error}"}
-        result = {"status": "ok", "create_s": create_s, "details": _plain(getattr(step, "describe", dict)())}
+        result = {
+            "status": "ok",
+            "create_s": create_s,
+            "details": _plain(getattr(step, "describe", dict)()),
+            "create_options": create_options(step),
+        }
         if check:
             from impls import agreement
 

@@ -224,7 +224,8 @@ def run(names, presets, dtypes, optimizers, sweep, settings=None, data_parallel=
     if undecided:
         warn(
             warnings,
-            f"{len(undecided)} of {sum(r.status == 'ok' for r in results)} speed-ups are undecided: their 95% interval "
+            f"{len(undecided)} of {sum(r.speedup_low is not None and r.implementation != grid.REFERENCE for r in results)} "
+            "speed-ups are undecided: their 95% interval "
             f"is wider than +-{settings.width:.0%} after the rounds the time allowed (--max-time); they are printed "
             "with it",
         )

@@ -87,6 +87,7 @@ class Cell:
     create_s: float | None = None
     check_s: float | None = None
     details: dict = dataclasses.field(default_factory=dict)
+    options: dict = dataclasses.field(default_factory=dict)  # impls.create's: the checked step's plan, for later rounds
     flops: int = 0
     number: int = 1  # calls per block
     times: list = dataclasses.field(default_factory=list)  # per round: seconds per call of each block
@@ -108,6 +109,8 @@ class Cell:
         out = {"id": self.id, "name": self.name, "problem": dataclasses.asdict(self.problem)}
         if self.name == GEMM:
             out |= {"device": self.device, "n": peak.QUICK_SIZES[self.device]}
+        if self.options:
+            out["options"] = self.options
         return out
 
     def fail(self, status: str, reason: str) -> None:
@@ -277,6 +280,7 @@ def _prepared(cell: Cell, got: dict, first: bool, block_s: float) -> None:
         cell.worst_ratio = got.get("worst_ratio")
         cell.create_s, cell.check_s = got.get("create_s"), got.get("check_s")
         cell.details = got.get("details") or {}
+        cell.options = got.get("create_options") or {}  # later rounds create the step that was checked
         cell.flops = got.get("flops") or impls.flops(cell.problem)
     if got["status"] != "ok":
         cell.fail(got["status"], got["reason"] if first else f"in a later process: {got['reason']}")
