@@ -51,6 +51,7 @@ class ScriptedWorkers:
         self.per_call = per_call
         self.call_s = call_s or {"base": 1e-4, "head": 1e-4}
         self.setup_status = setup_status or {}
+        self.create_options = {}  # (role, cell_id) -> what that side's create chose, as its first round reports
         self.started = []  # (role, round, seed, budget, cpus, passive)
         self.log = []  # (event, role, round, request or reply), in the order the gate caused them
         self.blocks = collections.Counter()  # (role, round, cell_id) -> blocks answered
@@ -87,6 +88,7 @@ class _Process:
                     got["call_s"] = self.script.call_s[self.role]
                 if request["check"]:
                     got["worst_ratio"] = 0.1 if status == "ok" else 3.0
+                    got["create_options"] = self.script.create_options.get((self.role, cell["id"]), {})
                 out.append(got)
             return {"cells": out}
         if op == "time":
@@ -208,6 +210,24 @@ def test_each_round_is_a_fresh_process_per_side_and_keeps_its_own_pairs_as_base_
     closed = [(role, r) for ev, role, r, _ in script.log if ev == "close"]
     assert sorted(closed) == sorted((role, r) for r in range(3) for role in ("base", "head"))
     assert cell.pairs == [[(per_call("base", r, 0, k), per_call("head", r, 0, k)) for k in range(4)] for r in range(3)]
+
+
+def test_each_side_creates_the_step_it_checked_in_every_later_round(monkeypatch, machine):
+    """A create that chose how to run (numba:blas's plan) is given its side's choice after the first round."""
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
+    cell_id = gate_cells.select(gate_cells.all_cells(), CELL)[0].id
+    script.create_options = {("base", cell_id): {"plan": "l1=blas"}, ("head", cell_id): {"plan": "l1=loops"}}
+    _run(script, "interleave", rounds=3, pairs=2)
+    given = [
+        (role, r, [c.get("options") for c in msg["cells"]])
+        for ev, role, r, msg in script.log
+        if ev == "send" and msg["op"] == "setup"
+    ]
+    assert given == [
+        ("base", 0, [None]),
+        ("head", 0, [None]),
+        *[(role, r, [script.create_options[role, cell_id]]) for r in (1, 2) for role in ("base", "head")],
+    ]
 
 
 def test_every_cell_gets_one_pair_per_sweep_in_a_new_order(monkeypatch, machine):

@@ -21,6 +21,7 @@ class Cell:
     failed_side: str | None = None  # "base" or "head": the side whose failure set the status
     reason: str = ""
     worst_ratio: dict = dataclasses.field(default_factory=dict)  # per side
+    options: dict = dataclasses.field(default_factory=dict)  # per side: impls.create options of the checked step
     number: int = 1  # calls per block, the same on both sides
     pairs: list = dataclasses.field(default_factory=list)  # per round: [(base_s, head_s), ...]
     first: list = dataclasses.field(default_factory=list)  # per round: which side's block ran first in each pair

@@ -81,9 +81,16 @@ class Progress:
 
 
 def _setup(workers: dict[str, WorkerProcess], cells: list[Cell], check: bool) -> dict[str, list[dict]]:
-    """Both sides set up at once (the agreement check and numba's compilation are most of a first round)."""
-    payload = [{"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem)} for c in cells]
-    for w in workers.values():
+    """Both sides set up at once (the agreement check and numba's compilation are most of a first round).
+
+    After the first round each side creates the step it checked: a create that chose how to run
+    (numba:blas's plan, by timing trials) is given that side's choice, and makes no other."""
+    for role, w in workers.items():
+        payload = [
+            {"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem)}
+            | ({"options": c.options[role]} if c.options.get(role) else {})
+            for c in cells
+        ]
         w.send(op="setup", cells=payload, check=check)
     return {role: w.read()["cells"] for role, w in workers.items()}
 
@@ -95,6 +102,7 @@ def _first_round_verdicts(cells: list[Cell], prepared: dict[str, list[dict]], bl
         for role, got in (("base", base), ("head", head)):
             if "worst_ratio" in got:
                 cell.worst_ratio[role] = got["worst_ratio"]
+            cell.options[role] = got.get("create_options") or {}
         for role, got in (("head", head), ("base", base)):  # HEAD's failure is the one that matters
             if got["status"] != "ok":
                 cell.fail(got["status"], role, got["reason"])
