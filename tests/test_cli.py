@@ -79,7 +79,7 @@ def test_an_empty_thread_budget_means_the_default(monkeypatch):
     [
         ("out-is-a-file", "--out {file} is a file, not a folder"),
         ("out-below-a-file", "--out {file}/latest cannot be created: {file} is a file, not a folder"),
-        ("negative-budget", "argument --budget: must be a number of seconds, 0 or more; got '-1'"),
+        ("negative-max-time", "argument --max-time: must be a number of seconds, 0 or more; got '-1'"),
         ("cache-not-writable", "the GEMM peak cache {file}/cache (STEPBENCH_CACHE) is not writable"),
         ("unavailable-here", "nothing selected can run here: torch:cuda unavailable: "),
         ("cpu-at-accelerator-size", "nothing selected can run here: preset xlarge is for accelerators only"),
@@ -94,8 +94,8 @@ def test_a_bad_setting_is_one_line_before_any_timing(workspace, case, expected):
         args[-1] = str(file)
     elif case == "out-below-a-file":
         args[-1] = str(file / "latest")
-    elif case == "negative-budget":
-        args += ["--budget", "-1"]
+    elif case == "negative-max-time":
+        args += ["--max-time", "-1"]
     elif case == "cache-not-writable":
         env["STEPBENCH_CACHE"] = str(file / "cache")  # below a file: not writable, even for root
     elif case == "unavailable-here":

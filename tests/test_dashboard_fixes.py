@@ -124,6 +124,8 @@ def test_every_summary_box_draws_its_results_and_no_load_fails(published):
     _needs_chromium()
     with dashboard_browser.serve(published.html) as url, dashboard_browser.browser() as browser:
         browser.open(url + "index.html")
+        # The index object can be there before its benchmarks are (read once on a loaded machine).
+        browser.page.wait_for_function("$.asv.main_json.benchmarks", timeout=dashboard_browser.TIMEOUT_MS)
         browser.page.evaluate(_SHOW_EVERY_BOX)
         try:
             browser.page.wait_for_function(_EVERY_BOX_PLOTTED, timeout=dashboard_browser.TIMEOUT_MS)

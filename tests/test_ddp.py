@@ -51,18 +51,32 @@ def wait_gone(pids, seconds: float = 10.0) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-def workers_of(parent: int) -> list[int]:
-    """The data-parallel workers `parent` started, from /proc."""
-    found = []
+def workers_of(parent: int, descendants: bool = False) -> list[int]:
+    """The data-parallel workers `parent` started, from /proc; with descendants=True, those any process
+    below `parent` started (a job's worker process starts them: they are its grandchildren)."""
+    parents, workers = {}, []
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         try:
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
-        if ppid == parent and b"impls.torch_ddp_ranks" in cmdline:
-            found.append(int(stat.parent.name))
-    return found
+        pid = int(stat.parent.name)
+        parents[pid] = ppid
+        if b"impls.torch_ddp_ranks" in cmdline:
+            workers.append(pid)
+
+    def started_by_parent(pid: int) -> bool:
+        up = parents.get(pid)
+        while up is not None and up > 1:
+            if up == parent:
+                return True
+            if not descendants:
+                return False
+            up = parents.get(up)
+        return False
+
+    return [pid for pid in workers if started_by_parent(pid)]
 
 
 def kill_all(pids) -> None:
@@ -230,7 +244,7 @@ def test_ctrl_c_of_the_main_job_ends_every_worker(tmp_path):
     """`make bench` interrupted from a terminal: SIGINT to the job's whole process group, workers included."""
     require(NAME)
     env = {**os.environ, "STEPBENCH_CACHE": str(tmp_path / "cache"), threads.ENV: "2"}
-    args = ["--implementations", NAME, "--presets", "seed", "--dtypes", "float32", "--no-sweep", "--budget", "60"]
+    args = ["--implementations", NAME, "--presets", "seed", "--dtypes", "float32", "--no-sweep", "--rounds", "16"]
     log = tmp_path / "stderr"
     with log.open("w") as stderr:  # a file: a worker left behind holding a pipe would block the wait
         job = subprocess.Popen(
@@ -245,7 +259,7 @@ def test_ctrl_c_of_the_main_job_ends_every_worker(tmp_path):
     try:
         deadline = time.monotonic() + DEADLINE_S
         while not seen and job.poll() is None and time.monotonic() < deadline:
-            seen = workers_of(job.pid)
+            seen = workers_of(job.pid, descendants=True)  # started by the round's worker process
             time.sleep(0.05)
         assert seen, f"no worker appeared (status {job.poll()})"
         time.sleep(1.0)  # into the set-up or the timing: either must end the workers

@@ -385,7 +385,7 @@ def parser() -> cli.Parser:
         default=measure.Settings.rounds,
         metavar="N",
         help=f"fresh processes every cell is timed in (default: {measure.Settings.rounds}); cells whose speed-up "
-        f"interval is wider than +-{measure.Settings.width:.0%} get more, up to {measure.Settings.max_rounds}",
+        f"interval is wider than +-{100 * measure.Settings.width:.0f}%% get more, up to {measure.Settings.max_rounds}",
     )
     p.add_argument(
         "--max-time",
