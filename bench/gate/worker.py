@@ -99,7 +99,6 @@ class Worker:
         self.steps = {}  # cell id -> prepared step
         self.padding = []  # kept alive: they shift where this process's arrays land
         self.shared_ranks = None  # entered once a data-parallel backend is loaded: see share_ranks
-        self.warm_up_s = WARM_UP_S
 
     def share_ranks(self):
         """Data-parallel steps created from now on share their rank processes (impls.torch_ddp.shared_ranks,
@@ -122,7 +121,7 @@ class Worker:
 
     def setup(self, cells, check: bool, warm_up_s: float | None = None) -> list[dict]:
         """Each cell's step created (and checked), then called for warm_up_s (default WARM_UP_S), at least 3 times."""
-        self.warm_up_s = WARM_UP_S if warm_up_s is None else warm_up_s
+        warm_up_s = WARM_UP_S if warm_up_s is None else warm_up_s
         out, prepared = [], {}
         for cell in cells:
             if cell["id"] in prepared:  # one step serves every cell with its id (the main job's reference)
@@ -131,22 +130,19 @@ class Worker:
             # A random allocation before each step moves its buffers to other addresses and
             # cache sets, so no single memory layout decides a verdict (see bench.gate.compare).
             self.padding.append(bytearray(int(self.rng.integers(64, 1 << 16))))
-            prepared[cell["id"]] = self._prepare(cell, check) if cell["name"] != GEMM else self._product(cell)
+            prepared[cell["id"]] = (
+                self._prepare(cell, check, warm_up_s) if cell["name"] != GEMM else self._product(cell, warm_up_s)
+            )
             out.append(prepared[cell["id"]])
         return out
 
-    def _product(self, cell: dict) -> dict:
+    def _product(self, cell: dict, warm_up_s: float) -> dict:
         """A block of square matrix products of the cell's dtype on its device: the main job's yardstick
         of the GEMM rate (as bench.harness.peak.product), timed like any step."""
         self.steps[cell["id"]] = step = Product(cell["problem"]["dtype"], cell["device"], cell["n"])
-        start = time.perf_counter()
-        calls = 0
-        while calls < 3 or time.perf_counter() - start < self.warm_up_s:
-            self._call(step)
-            calls += 1
-        return {"status": "ok", "call_s": (time.perf_counter() - start) / calls, "flops": step.flops}
+        return {"status": "ok", "call_s": self._warm_up(step, warm_up_s), "flops": step.flops}
 
-    def _prepare(self, cell: dict, check: bool) -> dict:
+    def _prepare(self, cell: dict, check: bool, warm_up_s: float) -> dict:
         impls, name = self.impls, cell["name"]
         if name not in impls.names():
             return {"status": "skipped", "reason": f"{name} is not registered in this checkout"}
@@ -178,16 +174,20 @@ class Worker:
             result["worst_ratio"] = float(report.worst_ratio)
             if not report.ok:
                 return {"status": "disagrees", "reason": str(report), "worst_ratio": float(report.worst_ratio)}
-        start = time.perf_counter()
-        calls = 0
-        while calls < 3 or time.perf_counter() - start < self.warm_up_s:
-            self._call(step)
-            calls += 1
-        result["call_s"] = (time.perf_counter() - start) / calls
+        result["call_s"] = self._warm_up(step, warm_up_s)
         if not self._finite(step):
             return {"status": "diverged", "reason": "weights are no longer finite after the warm-up"}
         self.steps[cell["id"]] = step
         return result
+
+    def _warm_up(self, step, seconds: float) -> float:
+        """Call the step for `seconds`, at least 3 times; its seconds per call (which sizes the blocks)."""
+        start = time.perf_counter()
+        calls = 0
+        while calls < 3 or time.perf_counter() - start < seconds:
+            self._call(step)
+            calls += 1
+        return (time.perf_counter() - start) / calls
 
     @staticmethod
     def _call(step):

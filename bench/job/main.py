@@ -175,7 +175,7 @@ def result(cell: measure.Cell, settings: measure.Settings, peaks: dict) -> Resul
         f.gemm_fraction_high,
     )
     r.rounds, r.groups, r.stopped = f.rounds, f.groups, cell.stopped
-    r.undecided = not measure.narrow(cell, settings)
+    r.undecided = measure.wide(f.speedup, f.speedup_low, f.speedup_high, settings.width)
     return r
 
 

@@ -316,34 +316,39 @@ def _looks(cell: Cell, settings: Settings) -> int:
     return 1 + max(0, len(cell.times) - settings.rounds)
 
 
-def figures(cell: Cell, settings: Settings, gemm_flops: float) -> Figures:
-    """The cell's speed-up over the reference and fraction of the GEMM rate, each with its interval.
-
-    The reference's own speed-up is 1 by definition; where it did not run there is none.
-    """
-    looks = _looks(cell, settings)
-    speedup = low = high = None
+def _speedup(cell: Cell, settings: Settings) -> tuple[float | None, float | None, float | None]:
+    """(speed-up, low, high) over the reference: 1 for the reference by definition, None where it did not run."""
     if cell.name == REFERENCE:
-        speedup = low = high = 1.0
-    elif any(cell.vs_reference):
-        est = paired.estimate([r for r in cell.vs_reference if r], seed=settings.seed, looks=looks)
-        speedup, low, high = 1 / est.ratio, 1 / est.high, 1 / est.low  # time ratio -> speed-up
+        return 1.0, 1.0, 1.0
+    if not any(cell.vs_reference):
+        return None, None, None
+    est = paired.estimate([r for r in cell.vs_reference if r], seed=settings.seed, looks=_looks(cell, settings))
+    return 1 / est.ratio, 1 / est.high, 1 / est.low  # time ratio -> speed-up
+
+
+def figures(cell: Cell, settings: Settings, gemm_flops: float) -> Figures:
+    """The cell's speed-up over the reference and fraction of the GEMM rate, each with its interval."""
+    speedup, low, high = _speedup(cell, settings)
     fraction = f_low = f_high = None
     if any(cell.vs_gemm):
-        est = paired.estimate([r for r in cell.vs_gemm if r], seed=settings.seed, looks=looks)
+        est = paired.estimate([r for r in cell.vs_gemm if r], seed=settings.seed, looks=_looks(cell, settings))
         scale = cell.flops / gemm_flops  # the step's FLOPs over a product's: at equal rates, this time ratio
         fraction, f_low, f_high = scale / est.ratio, scale / est.high, scale / est.low
     groups = sum(map(len, cell.times))
     return Figures(speedup, low, high, fraction, f_low, f_high, sum(1 for t in cell.times if t), groups)
 
 
+def wide(speedup: float | None, low: float | None, high: float | None, width: float) -> bool:
+    """Whether a speed-up's interval is wider than +-width of its value (undecided). The reference's is
+    exact, and a cell without a speed-up (its problem's reference failed) has nothing to narrow."""
+    if speedup is None:
+        return False
+    return high > speedup * (1 + width) or low < speedup / (1 + width)
+
+
 def narrow(cell: Cell, settings: Settings) -> bool:
-    """Whether the cell's speed-up interval is within +-width of its value. The reference's speed-up is 1
-    by definition, and a cell without one (its problem's reference failed) has nothing to narrow."""
-    f = figures(cell, settings, gemm_flops=1.0)
-    if cell.name == REFERENCE or f.speedup is None:
-        return True
-    return f.speedup_high <= f.speedup * (1 + settings.width) and f.speedup_low >= f.speedup / (1 + settings.width)
+    """Whether the cell's speed-up interval is within +-width: it needs no more rounds."""
+    return not wide(*_speedup(cell, settings), settings.width)
 
 
 def seconds_summary(cell: Cell) -> tuple[list[float], float, float]:
