@@ -22,7 +22,7 @@ BASE ?= main
 HEAD ?=
 COMPARE_ARGS ?=
 
-.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare asv-machine asv-run asv-publish dashboard dashboard-screenshot dynamics tox drift lint
+.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare triage asv-machine asv-run asv-publish dashboard dashboard-screenshot dynamics tox drift lint
 
 venv: $(STAMP)
 
@@ -56,6 +56,12 @@ bench-smoke: $(STAMP) asv-machine
 # HEAD against BASE, both measured now, paired: exit 1 when a cell is confidently slower, 3 when one stays unsure.
 compare: $(STAMP)
 	$(PY) -m bench compare $(BASE) $(HEAD) $(COMPARE_ARGS)
+
+# The alerts of the asv history (asv's Regressions page) re-measured paired here, the confirmed ones bisected;
+# the record goes to results/triage/<machine>.json and onto the dashboard's Triage page.
+TRIAGE_ARGS ?=
+triage: $(STAMP)
+	$(PY) -m bench triage $(TRIAGE_ARGS)
 
 # pytest-benchmark: save a baseline under results/pytest-benchmark, then gate on it.
 bench-save: $(STAMP)

@@ -1,4 +1,5 @@
-"""`python -m bench`: the main job (bench.job); `python -m bench compare ...`: the regression gate (bench.gate)."""
+"""`python -m bench`: the main job (bench.job); `python -m bench compare ...`: the regression gate (bench.gate);
+`python -m bench triage`: the asv history's alerts re-measured and bisected (bench.triage)."""
 
 import sys
 
@@ -17,7 +18,15 @@ def compare(argv=None) -> int:
     return gate(argv)
 
 
+def triage(argv=None) -> int:
+    from bench.triage.main import main as triage_main
+
+    return triage_main(argv)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["compare"]:
         sys.exit(cli.run("python -m bench compare", compare, sys.argv[2:]))
+    if sys.argv[1:2] == ["triage"]:
+        sys.exit(cli.run("python -m bench triage", triage, sys.argv[2:]))
     sys.exit(cli.run("python -m bench", main))

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.asvtools import page_fixes, publish_input, scratch
+from bench.asvtools import page_fixes, publish_input, scratch, triage_page
 from bench.harness import cli, environment
 
 VENDOR_SOURCE = environment.REPO / "third_party" / "asv-www"
@@ -127,9 +127,13 @@ class Published:
 
 
 def publish(
-    config: pathlib.Path, html_dir: pathlib.Path | None = None, results_dir: pathlib.Path | None = None
+    config: pathlib.Path,
+    html_dir: pathlib.Path | None = None,
+    results_dir: pathlib.Path | None = None,
+    triage_dir: pathlib.Path | None = None,
 ) -> Published:
-    """`asv publish` of `config` (into html_dir / from results_dir where given), then made offline.
+    """`asv publish` of `config` (into html_dir / from results_dir where given), then made offline, with the
+    Triage page of the records in triage_dir (default: results/triage beside the asv results).
 
     asv publishes a copy of the results whose environments line up (bench.asvtools.publish_input),
     and its page is then changed where it hid what the results hold (bench.asvtools.page_fixes).
@@ -155,6 +159,8 @@ def publish(
         raise cli.Fatal(f"asv publish failed: {last[0]}")
     localize(html)
     unmeasured = page_fixes.fix(html)
+    # The triage records sit beside the asv results: results/asv -> results/triage (bench.triage.record)
+    triage_page.write(html, results_dir.resolve(), triage_dir or results_dir.resolve().parent / "triage")
     return Published(html, done.stdout + done.stderr, left_out, unmeasured)
 
 

@@ -8,6 +8,8 @@
 - The summary grid draws each summary as a line: a benchmark with results at one commit
   only is a single point, which a line does not draw, so its box stayed empty. A lone
   point is drawn as a point.
+- The navigation links the Triage page (bench.asvtools.triage_page): which alerts re-measuring
+  confirmed, beside asv's list of them.
 - The Regressions page has no machine column, though every listed regression is one
   machine's: two machines' rows of one benchmark looked alike. A Machine column follows
   the benchmark's name (and the default sort, by factor, follows its column).
@@ -30,6 +32,13 @@ class PageChanged(cli.Fatal):
 
 # (file, asv's text, its replacement, how many times asv's file holds it)
 PATCHES = (
+    (
+        "index.html",
+        '<li id="nav-li-regressions"><a href="#/regressions">Regressions</a></li>',
+        '<li id="nav-li-regressions"><a href="#/regressions">Regressions</a></li>'
+        '<li id="nav-li-triage"><a href="triage.html">Triage</a></li>',
+        1,
+    ),
     (
         "summarygrid.js",
         "plot_div, [{data: data}], options);",

@@ -17,6 +17,7 @@ class Cell:
     test: str  # test_step or test_step_batch_sweep
     name: str
     problem: impls.Problem
+    call: str = "step"  # what a timed call is: "step", or "loss_and_grads" (asv's time_loss_and_grads)
     status: str = "ok"  # ok | skipped | disagrees | diverged | error
     failed_side: str | None = None  # "base" or "head": the side whose failure set the status
     reason: str = ""

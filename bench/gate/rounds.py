@@ -89,6 +89,7 @@ def _setup(workers: dict[str, WorkerProcess], cells: list[Cell], check: bool) ->
         payload = [
             {"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem)}
             | ({"options": c.options[role]} if c.options.get(role) else {})
+            | ({"call": c.call} if c.call != "step" else {})
             for c in cells
         ]
         w.send(op="setup", cells=payload, check=check)

@@ -74,6 +74,21 @@ class Product:
         self.matmul(self.a, self.a, out=self.out)
 
 
+class LossAndGrads:
+    """A step whose timed call is loss_and_grads() (forward and backward, no update): what asv's
+    time_loss_and_grads measures, for re-measuring its alerts (bench.triage)."""
+
+    def __init__(self, step):
+        self.step_object = step
+        self.weights, self.sync = step.weights, step.sync
+
+    def step(self):
+        self.step_object.loss_and_grads()
+
+
+CALLS = {"step": lambda step: step, "loss_and_grads": LossAndGrads}  # what a cell's "call" times
+
+
 def create_options(step) -> dict:
     """impls.create options that make this step again, where its create chose how to run (numba:blas's
     plan, by timing trials): a later process given them creates the step that was checked, without the trials.
@@ -174,6 +189,7 @@ class Worker:
             result["worst_ratio"] = float(report.worst_ratio)
             if not report.ok:
                 return {"status": "disagrees", "reason": str(report), "worst_ratio": float(report.worst_ratio)}
+        step = CALLS[cell.get("call", "step")](step)
         result["call_s"] = self._warm_up(step, warm_up_s)
         if not self._finite(step):
             return {"status": "diverged", "reason": "weights are no longer finite after the warm-up"}
