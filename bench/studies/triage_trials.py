@@ -6,11 +6,11 @@ Each trial clones this repository's last commit into a temporary folder and adds
 commits on top (each appends a line to a file nobody imports). In a slowdown trial, commit k
 (drawn at random, 1 <= k < commits) also makes the numpy and numba steps spin for a tenth of
 their own time after each step; a control trial has no slowdown. asv then runs the selected
-benchmarks (numpy, numba and torch:cpu at tutorial, float32, SGD) at the first and the last
+benchmarks (numpy and numba at tutorial, float32, SGD) at the first and the last
 commit only, so that an alert spans the whole history, and `python -m bench triage` re-measures
 and bisects what asv's step detection reports. A trial is scored on the numpy and numba alerts:
 confirmed with the culprit k named, undecided, or wrong (a culprit other than k, or a
-confirmed alert in a control, or a torch alert confirmed); and on the gate runs each took.
+confirmed alert in a control); and on the gate runs each took.
 
 Runs take minutes each (asv twice, numba compiled anew for each commit the gate exports); the
 figures of docs/triage.md come from it.
@@ -30,8 +30,8 @@ import time
 
 from bench.harness import cli, environment
 
-BENCHMARKS = r"time_step\('(numpy|numba|torch:cpu)', 'tutorial', 'float32', 'sgd'\)"
-SLOWED = ("numpy", "numba")  # the implementations the slowdown reaches; torch:cpu is the control cell
+BENCHMARKS = r"time_step\('(numpy|numba)', 'tutorial', 'float32', 'sgd'\)"
+SLOWED = ("numpy", "numba")  # the implementations the slowdown reaches
 # Appended to each module: after each step, spin until the step has taken 1.1 times its own time.
 SLOWDOWN = """
 
