@@ -240,6 +240,21 @@ def test_every_cell_gets_one_pair_per_sweep_in_a_new_order(monkeypatch, machine)
     assert len(set(sweeps)) > 1  # ... shuffled anew
 
 
+@pytest.mark.parametrize("pair_s, pairs", [(1e-4 * 2 * 200, 12), (0.45, 9), (30.0, rounds.MIN_PAIRS)])
+def test_a_cells_pairs_in_a_round_stop_once_its_blocks_took_the_pairs_budget_never_below_three(
+    monkeypatch, machine, pair_s, pairs
+):
+    """Blocks of 200 calls (sized from a 100 us warm-up call); a pair of the slow cell lasts pair_s seconds."""
+
+    def per_call(role, r, cell_id, k):
+        return pair_s / 2 / 200 if "tutorial" in cell_id else 100e-6
+
+    script = install(monkeypatch, ScriptedWorkers(per_call))
+    cells = _run(script, "interleave", select="numpy and (seed or tutorial) and float32 and sgd", rounds=2, pairs=12)
+    by_id = {c.id: [len(p) for p in c.pairs] for c in cells}
+    assert by_id == {"numpy-seed-float32-sgd": [12, 12], "numpy-tutorial-float32-sgd": [pairs, pairs]}
+
+
 # --- from intervals to verdicts and exit statuses, through the command line ------------------
 
 

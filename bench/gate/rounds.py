@@ -35,6 +35,10 @@ class Settings:
     seed: int = 0
     max_time_s: float = 840.0  # undecided cells get more rounds while the next one fits in this (the whole run's wall)
     max_rounds: int = 16  # and never more rounds than this for any cell
+    # A cell's pairs in one round stop once its blocks (both sides') have taken this long, after at least
+    # MIN_PAIRS: where one call is a block by itself and lasts seconds (the large preset), 12 pairs of
+    # every such cell made a round last minutes. Stopping depends on both sides' times alike, not their ratio.
+    pairs_budget_s: float = 4.0
     thread_budget: int | None = None  # each side's, set when the run starts (a duet gives each side half the CPUs)
     other_work_before: float | None = None  # cores other processes kept busy, measured before the first round
     other_work_during: float | None = None  # ... and on average over the whole run
@@ -48,6 +52,7 @@ def extra_rounds(settings: Settings) -> int:
 
 
 QUIET = 0.25  # cores of other work below which the machine counts as quiet
+MIN_PAIRS = 3  # per cell and round, however long its blocks: a median that one disturbed pair cannot move
 
 
 class Progress:
@@ -250,13 +255,15 @@ def _round(
         for c in live:
             c.pairs.append([])
             c.first.append([])
+        spent = {c.id: 0.0 for c in live}  # seconds of blocks this round, both sides
         for j in range(settings.pairs):
-            order = live[:]
+            order = [c for c in live if len(c.pairs[-1]) < MIN_PAIRS or spent[c.id] < settings.pairs_budget_s]
             rng.shuffle(order)
             for cell in order:
                 base_s, head_s, first = _pair(workers, cell, duet, rng)
                 cell.pairs[-1].append((base_s, head_s))
                 cell.first[-1].append(first)
+                spent[cell.id] += (base_s + head_s) * cell.number
             progress.advance(f"{label}: pair {j + 1}/{settings.pairs}", len(cells))
         for role, w in workers.items():
             for cell_id in w.ask(op="finish")["diverged"]:

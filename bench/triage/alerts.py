@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import re
 import subprocess
 
 from bench.gate.cells import Cell
@@ -93,10 +94,11 @@ def from_published(html: pathlib.Path, results: pathlib.Path, repo: pathlib.Path
     index = json.loads((html / "index.json").read_text())
     to_hash = index["revision_to_hash"]
     alerts = []
-    for name, _graph, graph_params, idx, _last, _best, jumps in listed:
+    for name, graph, graph_params, idx, _last, _best, jumps in listed:
         base_name = name.split("(")[0]
         benchmark = index["benchmarks"][base_name]
-        machine = graph_params["machine"]
+        # asv names the machine among the graph's parameters only where several machines have results
+        machine = graph_params.get("machine") or re.search(r"(?:^|/)machine-([^/]+)/", graph).group(1)
         for rev1, rev2, old, new in jumps or ():
             after = to_hash[str(rev2)]
             # asv writes no first revision where the range is one commit: the step is that commit's own
