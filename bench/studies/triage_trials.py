@@ -78,7 +78,9 @@ def build_history(clone: pathlib.Path, commits: int, slow_at: int | None) -> lis
 
 
 def _run(clone: pathlib.Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(clone)}  # the clone's impls and bench, not this checkout's
+    # the clone's impls and bench, not this checkout's (asv drops PYTHONPATH in its benchmark processes
+    # and puts ASV_PYTHONPATH in its place)
+    env = os.environ | {"PYTHONPATH": str(clone), "ASV_PYTHONPATH": str(clone)}
     return subprocess.run(list(args), cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
 
 
