@@ -129,6 +129,18 @@ def score(record: dict, history: list[str], slow_at: int | None) -> dict:
                 "bisection": a["bisection"],
                 "culprit": culprit,
                 "gate_runs": a["gate_runs"],
+                "why": a["why"],
+                "midpoints": [
+                    [
+                        history.index(m["head"]) if m["head"] in history else m["head"],
+                        m["verdict"],
+                        m["ratio"],
+                        m["low"],
+                        m["high"],
+                        m["rounds"],
+                    ]
+                    for m in a["steps"]
+                ],
                 "named_k": slowed and culprit == slow_at,
                 "wrong": (a["culprit"] is not None and not right) or (not slowed and a["outcome"] == "confirmed"),
             }
