@@ -328,3 +328,35 @@ def test_list_names_every_alert_of_the_committed_history_and_its_cell():
     published = dashboard.publish(environment.REPO / "asv.conf.json", environment.REPO / ".asv" / "triage-list-html")
     _, rows = dashboard.regressions(published.html)
     assert done.stdout.count(" gate cell ") + done.stdout.count(" not re-measured: ") == rows
+
+
+# --- the trials' scoring (bench.studies.triage_trials) ----------------------------------------------
+
+
+def _record_alert(implementation, outcome, culprit=None):
+    return {
+        "params": {"implementation": implementation},
+        "factor": 1.1,
+        "outcome": outcome,
+        "confirmation": {"ratio": 1.1, "low": 1.06, "high": 1.14},
+        "bisection": "found" if culprit else None,
+        "culprit": culprit,
+        "gate_runs": 5,
+        "why": "",
+        "steps": [],
+    }
+
+
+def test_a_trial_counts_the_slowdowns_commit_named_and_a_wrong_culprit_or_a_confirmed_control_as_wrong():
+    from bench.studies.triage_trials import score
+
+    commits = history(16)
+    alerts = [
+        _record_alert("numpy", "confirmed", commits[7]),
+        _record_alert("numba", "confirmed", commits[8]),
+        _record_alert("numba", "undecided"),
+    ]
+    got = score({"alerts": alerts}, commits, slow_at=7)["alerts"]
+    assert [(a["named_k"], a["wrong"]) for a in got] == [(True, False), (False, True), (False, False)]
+    control = score({"alerts": [_record_alert("numpy", "confirmed", commits[3])]}, commits, slow_at=None)["alerts"]
+    assert control[0]["wrong"] and not control[0]["named_k"]
