@@ -178,3 +178,16 @@ def clock(monkeypatch):
     monkeypatch.setattr(harness_timing.time, "perf_counter", fake)
     monkeypatch.setattr(harness_timing.time, "sleep", lambda seconds: setattr(fake, "now", fake.now + seconds))
     return fake
+
+
+@pytest.fixture
+def chromium():
+    """Skip where there is no Chromium, unless the run requires the browser test (CI sets this)."""
+    import os
+
+    from bench.asvtools import browser
+
+    if browser.chromium() is None:
+        if os.environ.get("STEPBENCH_BROWSER_TEST") == "required":
+            pytest.fail("STEPBENCH_BROWSER_TEST=required, and no Chromium is installed")
+        pytest.skip("no Chromium here (Debian's package chromium)")

@@ -7,7 +7,6 @@ the browser test skips with that reason; the rest runs everywhere.
 """
 
 import itertools
-import os
 import pathlib
 import re
 import shutil
@@ -25,14 +24,6 @@ ASV_WWW = pathlib.Path(asv.__file__).parent / "www"
 RESULTS = environment.REPO / "results" / "asv"
 CELL = ("numpy", "seed", "float32", "sgd")  # implementation, preset, dtype, optimizer
 BENCHMARK = "training_step.Presets.time_step"
-
-
-def _needs_chromium():
-    """Skip where there is no Chromium, unless the run requires the browser test (CI sets this)."""
-    if dashboard_browser.chromium() is None:
-        if os.environ.get("STEPBENCH_BROWSER_TEST") == "required":
-            pytest.fail("STEPBENCH_BROWSER_TEST=required, and no Chromium is installed")
-        pytest.skip("no Chromium here (Debian's package chromium)")
 
 
 def _asv_page(tmp_path) -> pathlib.Path:
@@ -104,8 +95,7 @@ def published(tmp_path_factory):
     return html
 
 
-def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(published):
-    _needs_chromium()
+def test_the_dashboard_of_the_committed_results_works_offline_in_chromium(published, chromium):
     # Every machine with a committed run of the cell (a GPU machine may have only its CUDA entries).
     expected = {p.parent.name: _expected_points(p.parent) for p in RESULTS.glob("*/machine.json")}
     expected = {machine: points for machine, points in sorted(expected.items()) if points}
@@ -205,8 +195,7 @@ def test_the_scratch_configuration_publishes_where_it_is_told(tmp_path):
     assert asv_scratch.resolved(target, "results_dir") == RESULTS.resolve()
 
 
-def test_the_browser_records_what_the_dashboard_test_asserts_is_absent(tmp_path):
-    _needs_chromium()
+def test_the_browser_records_what_the_dashboard_test_asserts_is_absent(tmp_path, chromium):
     # The assertions above can fail: a request outside localhost, an uncaught error and a missing file are seen.
     (tmp_path / "index.html").write_text(
         '<html><head><script src="https://cdn.example.org/lib.js"></script><script src="missing.js"></script>'

@@ -8,7 +8,6 @@ the browser test opens the dashboard of the committed results in headless Chromi
 
 import collections
 import json
-import os
 import pathlib
 import shutil
 import urllib.parse
@@ -96,13 +95,6 @@ def test_only_benchmarks_some_machine_has_a_result_for_are_listed(published):
     assert sorted(published.unmeasured) == sorted(set(benchmarks) - listed - {"version"})
 
 
-def _needs_chromium():
-    if dashboard_browser.chromium() is None:
-        if os.environ.get("STEPBENCH_BROWSER_TEST") == "required":
-            pytest.fail("STEPBENCH_BROWSER_TEST=required, and no Chromium is installed")
-        pytest.skip("no Chromium here (Debian's package chromium)")
-
-
 # Each summary box of the grid, scrolled into view (asv draws a box when it is seen), then what it drew.
 _SHOW_EVERY_BOX = """() => Object.keys($.asv.main_json.benchmarks).forEach(name => {
     document.getElementById('summarygrid-' + name).scrollIntoView();
@@ -120,8 +112,7 @@ _WHAT_EACH_BOX_DREW = """() => Object.fromEntries(Object.keys($.asv.main_json.be
 }))"""
 
 
-def test_every_summary_box_draws_its_results_and_no_load_fails(published):
-    _needs_chromium()
+def test_every_summary_box_draws_its_results_and_no_load_fails(published, chromium):
     with dashboard_browser.serve(published.html) as url, dashboard_browser.browser() as browser:
         browser.open(url + "index.html")
         # The index object can be there before its benchmarks are (read once on a loaded machine).
@@ -137,8 +128,7 @@ def test_every_summary_box_draws_its_results_and_no_load_fails(published):
     assert browser.errors == [] and browser.blocked == []
 
 
-def test_the_legend_and_selectors_name_only_what_tells_the_lines_apart(published):
-    _needs_chromium()
+def test_the_legend_and_selectors_name_only_what_tells_the_lines_apart(published, chromium):
     selection = urllib.parse.urlencode({f"p-{name}": repr(value) for name, value in CELL.items()})
     with dashboard_browser.serve(published.html) as url, dashboard_browser.browser() as browser:
         browser.open(url + "index.html#" + GRAPH + "?" + selection)  # every machine selected
@@ -152,8 +142,7 @@ def test_the_legend_and_selectors_name_only_what_tells_the_lines_apart(published
     assert "[none]" not in buttons
 
 
-def test_each_regression_names_its_machine(published):
-    _needs_chromium()
+def test_each_regression_names_its_machine(published, chromium):
     listed = json.loads((published.html / "regressions.json").read_text())["regressions"]
     expected = collections.Counter(entry[2]["machine"] for entry in listed for _ in entry[6] or ())
     assert expected, "the committed results list no regression"

@@ -69,20 +69,10 @@ def test_a_record_of_other_alerts_matches_none(tmp_path):
     assert 'data-outcome="confirmed"' not in text
 
 
-def _needs_chromium():
-    if dashboard_browser.chromium() is None:
-        import os
-
-        if os.environ.get("STEPBENCH_BROWSER_TEST") == "required":
-            pytest.fail("STEPBENCH_BROWSER_TEST=required, and no Chromium is installed")
-        pytest.skip("no Chromium here (Debian's package chromium)")
-
-
 _VISIBLE = "Array.from(document.querySelectorAll('#triage tbody tr')).filter(r => r.offsetParent !== null)"
 
 
-def test_the_navigation_leads_to_the_triage_page_and_confirmed_only_hides_the_rest(triaged):
-    _needs_chromium()
+def test_the_navigation_leads_to_the_triage_page_and_confirmed_only_hides_the_rest(triaged, chromium):
     html, alerts, chosen = triaged
     with dashboard_browser.serve(html) as url, dashboard_browser.browser() as browser:
         browser.open(url + "index.html")
