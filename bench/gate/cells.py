@@ -45,18 +45,19 @@ class Cell:
         return f"{self.failed_side}: {self.reason}" if self.failed_side else self.reason
 
 
+def preset_cell(name: str, preset: str, dtype: str, optimizer: str) -> Cell:
+    case = (name, preset, dtype, optimizer)
+    return Cell("-".join(case), "test_step", name, grid.preset_problem(preset, dtype, optimizer))
+
+
+def sweep_cell(name: str, n_id: str, dtype: str) -> Cell:
+    return Cell("-".join((name, n_id, dtype)), "test_step_batch_sweep", name, grid.sweep_problem(n_id, dtype))
+
+
 def all_cells() -> list[Cell]:
     """Every cell of the grid (bench.grid), with the ids of the pytest-benchmark suite."""
-    cells = [
-        Cell("-".join(case), "test_step", case[0], grid.preset_problem(*case[1:]))
-        for case in grid.preset_cases()
-        if grid.size_skip_reason(case[0], case[1]) is None
-    ]
-    cells += [
-        Cell("-".join(case), "test_step_batch_sweep", case[0], grid.sweep_problem(*case[1:]))
-        for case in grid.sweep_cases()
-    ]
-    return cells
+    cells = [preset_cell(*case) for case in grid.preset_cases() if grid.size_skip_reason(case[0], case[1]) is None]
+    return cells + [sweep_cell(*case) for case in grid.sweep_cases()]
 
 
 def _keyword_matcher(cell: Cell):

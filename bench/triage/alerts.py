@@ -17,8 +17,8 @@ import pathlib
 import re
 import subprocess
 
-from bench.gate.cells import Cell
-from bench.harness import environment, grid
+from bench.gate.cells import Cell, preset_cell, sweep_cell
+from bench.harness import environment
 
 # asv benchmark method -> what the gate's worker calls in a timed block (bench.gate.worker.CALLS)
 CALLS = {"time_step": "step", "track_ms_per_gflop": "step", "time_loss_and_grads": "loss_and_grads"}
@@ -62,11 +62,9 @@ class Alert:
         p = self.params
         try:
             if "preset" in p:
-                case = (p["implementation"], p["preset"], p["dtype"], p["optimizer"])
-                cell = Cell("-".join(case), "test_step", case[0], grid.preset_problem(*case[1:]))
+                cell = preset_cell(p["implementation"], p["preset"], p["dtype"], p["optimizer"])
             else:
-                case = (p["implementation"], p["batch"], p["dtype"])
-                cell = Cell("-".join(case), "test_step_batch_sweep", case[0], grid.sweep_problem(*case[1:]))
+                cell = sweep_cell(p["implementation"], p["batch"], p["dtype"])
         except (KeyError, ValueError) as error:
             return None, f"parameters {p} name no cell of this grid: {error}"
         if call != "step":
