@@ -85,18 +85,17 @@ def _measure_groups(
 ) -> None:
     """Each (entry, base, head) measured and its verdict applied; one gate run per pair of commits, each
     distinct cell once in it, and `done` after each run."""
-    groups: dict[tuple[str, str], list[Entry]] = {}
+    groups: dict[tuple[str, str], list[tuple[Entry, Cell]]] = {}
     for entry, base, head in wanted:
-        groups.setdefault((base, head), []).append(entry)
-    for (base, head), entries in groups.items():
+        groups.setdefault((base, head), []).append((entry, entry.alert.cell()[0]))
+    for (base, head), members in groups.items():
         cells = {}
-        for entry in entries:
-            cell, _ = entry.alert.cell()
+        for _, cell in members:
             cells.setdefault(cell.id, cell)
         got = measure(base, head, list(cells.values()))
-        for entry in entries:
+        for entry, cell in members:
             entry.gate_runs += 1
-            apply(entry, got[entry.alert.cell()[0].id])
+            apply(entry, got[cell.id])
         done()
 
 
