@@ -124,6 +124,7 @@ class Published:
     log: str  # asv publish's output
     left_out_params: list[str]  # environment keys that told no lines apart (bench.asvtools.publish_input)
     unmeasured: list[str]  # benchmarks no machine has a result for, not listed (bench.asvtools.page_fixes)
+    alerts: list  # the Regressions page's alerts, one per step up (bench.triage.alerts.Alert), as the Triage page lists them
 
 
 def publish(
@@ -160,8 +161,8 @@ def publish(
     localize(html)
     unmeasured = page_fixes.fix(html)
     # The triage records sit beside the asv results: results/asv -> results/triage (bench.triage.record)
-    triage_page.write(html, results_dir.resolve(), triage_dir or results_dir.resolve().parent / "triage")
-    return Published(html, done.stdout + done.stderr, left_out, unmeasured)
+    alerts = triage_page.write(html, results_dir.resolve(), triage_dir or results_dir.resolve().parent / "triage")
+    return Published(html, done.stdout + done.stderr, left_out, unmeasured, alerts)
 
 
 def regressions(html_dir: pathlib.Path) -> tuple[int, int]:

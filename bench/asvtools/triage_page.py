@@ -148,9 +148,9 @@ is named only when every midpoint was decided. <code>python -m bench triage</cod
 """
 
 
-def write(html_dir: pathlib.Path, results: pathlib.Path, triage_folder: pathlib.Path) -> pathlib.Path:
-    """triage.html in the published html_dir, from its regressions.json and the records in triage_folder."""
+def write(html_dir: pathlib.Path, results: pathlib.Path, triage_folder: pathlib.Path) -> list[Alert]:
+    """triage.html in the published html_dir, from its regressions.json and the records in triage_folder;
+    returns the alerts it lists."""
     alerts = from_published(html_dir, results)
-    target = html_dir / "triage.html"
-    target.write_text(page(alerts, records(triage_folder)), encoding="utf-8")
-    return target
+    (html_dir / "triage.html").write_text(page(alerts, records(triage_folder)), encoding="utf-8")
+    return alerts

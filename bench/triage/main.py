@@ -21,7 +21,7 @@ import tempfile
 from bench.asvtools import dashboard
 from bench.harness import cli, environment
 from bench.triage import record
-from bench.triage.alerts import Alert, from_published
+from bench.triage.alerts import Alert
 from bench.triage.bisection import triage
 from bench.triage.remeasure import Gate
 
@@ -63,8 +63,7 @@ def alerts_by_machine(machines: list[str] | None) -> dict[str, list[Alert]]:
         if name not in known:
             raise cli.Fatal(f"--machine {name}: no such machine in results/asv (there: {', '.join(known)})")
     with tempfile.TemporaryDirectory() as html:
-        published = dashboard.publish(environment.REPO / "asv.conf.json", pathlib.Path(html))
-        alerts = from_published(published.html, results)
+        alerts = dashboard.publish(environment.REPO / "asv.conf.json", pathlib.Path(html)).alerts
     return {m: [a for a in alerts if a.machine == m] for m in (machines or known)}
 
 
