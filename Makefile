@@ -35,14 +35,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --editable .
 	cp requirements.txt $@
 
+# The tests run on every core, up to 8 (pytest-xdist: each worker imports torch, jax and numba); one test
+# group (an agreement problem, whose oracle each worker would otherwise run again) stays on one worker.
+# TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --maxprocesses 8 --dist loadgroup
 	$(MAKE) --no-print-directory bench-smoke VENV=$(VENV)
 
 bench: $(STAMP)
 	$(PY) -m bench
 
-# Both harnesses on the smallest problems, each timed body run once, so they cannot rot. asv runs
+# Both harnesses on the smallest problems, each timed body run once, so they cannot rot: every implementation
+# in every benchmark, asv's preset grid at seed in float32 with SGD and its batch sweep at N=64 in float64
+# (each dtype once; each dtype's and optimizer's agreement is the tests' own). asv runs
 # with a copy of asv.conf.json whose results go to .asv/ (ignored): a test run leaves the checkout clean.
 # STEPBENCH_SMOKE=1: the ratio tracks take one pair of blocks, without pauses (3.5 s each otherwise).
 # asv's output (a line per parameter set skipped here) goes to .asv/smoke-run.log; the console gets
@@ -51,7 +57,7 @@ bench-smoke: $(STAMP) asv-machine
 	$(PY) -m pytest bench/pytest_suite -q --benchmark-disable -k "seed or n00064"
 	$(PY) -m bench.asvtools.scratch asv.conf.json $(ASV_SCRATCH)
 	$(ASV) check --python=same --config $(ASV_SCRATCH)
-	STEPBENCH_SMOKE=1 $(PY) -m bench.asvtools.smoke .asv/smoke-run.log -- $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed'" -b "'n00064'"
+	STEPBENCH_SMOKE=1 $(PY) -m bench.asvtools.smoke .asv/smoke-run.log -- $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed', 'float32', 'sgd'" -b "'n00064', 'float64'"
 
 # HEAD against BASE, both measured now, paired: exit 1 when a cell is confidently slower, 3 when one stays unsure.
 compare: $(STAMP)

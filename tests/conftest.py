@@ -1,5 +1,7 @@
 """Shared fixtures: which implementations can run here, new registry entries, and a machine with scripted timings."""
 
+import os
+
 import pytest
 
 import impls
@@ -17,6 +19,13 @@ def short_settings():
     from bench.job import measure
 
     return measure.Settings(rounds=2, passes=3)
+
+
+def own_pytest_env() -> dict[str, str]:
+    """The environment for a pytest session a test starts: this one's, less the variables by which a
+    pytest-xdist worker (make test's) knows it is one; inherited, they make pytest-benchmark take its
+    session for a worker and disable itself, so that it saves and compares nothing."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST_")}
 
 
 def require(name: str) -> None:
@@ -183,8 +192,6 @@ def clock(monkeypatch):
 @pytest.fixture
 def chromium():
     """Skip where there is no Chromium, unless the run requires the browser test (CI sets this)."""
-    import os
-
     from bench.asvtools import browser
 
     if browser.chromium() is None:

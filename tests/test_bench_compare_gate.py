@@ -13,6 +13,8 @@ import pytest
 
 from bench.harness import environment
 
+from .conftest import own_pytest_env
+
 CELL = "numpy and seed and float32 and sgd and test_step and not batch"
 QUICK = ["--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off"]
 
@@ -29,7 +31,13 @@ def _pytest_bench(storage, *args):
         f"--benchmark-storage=file://{storage}",
     ]
     return subprocess.run(
-        [*command, *QUICK, *args], cwd=environment.REPO, capture_output=True, text=True, timeout=600, check=False
+        [*command, *QUICK, *args],
+        cwd=environment.REPO,
+        env=own_pytest_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
