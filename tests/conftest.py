@@ -1,10 +1,26 @@
 """Shared fixtures: which implementations can run here, new registry entries, and a machine with scripted timings."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
-import impls
+# Numba's on-disk cache is not safe for two processes writing one folder at once: two pytest-xdist workers
+# (make test) compiling the same kernels into impls/__pycache__ left entries that crashed the processes
+# loading them (SIGSEGV in 4 tests of a fresh clone's make test; 2 of 119 numba tests, one run in two,
+# with the cache emptied first; none in one process). Each worker, and every process its tests start,
+# caches in a folder of its own: a subfolder of NUMBA_CACHE_DIR where that is set, else a temporary one.
+# Set before `import impls` below: numba reads it when it is imported.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.environ["NUMBA_CACHE_DIR"], worker)
+    else:
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"stepbench-numba-{worker}-")
+        atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
+
+import impls  # noqa: E402
 
 AVAILABLE = impls.available()
 
