@@ -11,9 +11,11 @@ import pytest
 # (make test) compiling the same kernels into impls/__pycache__ left entries that crashed the processes
 # loading them (SIGSEGV in 4 tests of a fresh clone's make test; 2 of 119 numba tests, one run in two,
 # with the cache emptied first; none in one process). Each worker, and every process its tests start,
-# caches in a folder of its own: a subfolder of NUMBA_CACHE_DIR where that is set, else a temporary one.
+# caches in a folder of its own. The first keeps numba's (NUMBA_CACHE_DIR, else beside the modules), which
+# make test's smoke run then finds filled (it compiled every kernel again, 55 s, when all were temporary);
+# the others use a subfolder of NUMBA_CACHE_DIR where that is set, else a temporary one.
 # Set before `import impls` below: numba reads it when it is imported.
-if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+if (worker := os.environ.get("PYTEST_XDIST_WORKER")) and worker != "gw0":
     if os.environ.get("NUMBA_CACHE_DIR"):
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(os.environ["NUMBA_CACHE_DIR"], worker)
     else:
