@@ -47,14 +47,14 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # Both harnesses on the smallest problems, each timed body run once, so they cannot rot: every implementation
-# in every benchmark, asv's preset grid at seed in float32 with SGD and its batch sweep at N=64 in float64
+# in every benchmark of each, the presets at seed in float32 with SGD and the batch sweep at N=64 in float64
 # (each dtype once; each dtype's and optimizer's agreement is the tests' own). asv runs
 # with a copy of asv.conf.json whose results go to .asv/ (ignored): a test run leaves the checkout clean.
 # STEPBENCH_SMOKE=1: the ratio tracks take one pair of blocks, without pauses (3.5 s each otherwise).
 # asv's output (a line per parameter set skipped here) goes to .asv/smoke-run.log; the console gets
 # each benchmark's status, what failed, and a summary (bench/asvtools/smoke.py).
 bench-smoke: $(STAMP) asv-machine
-	$(PY) -m pytest bench/pytest_suite -q --benchmark-disable -k "seed or n00064"
+	$(PY) -m pytest bench/pytest_suite -q --benchmark-disable -k "seed and float32 and sgd or n00064 and float64"
 	$(PY) -m bench.asvtools.scratch asv.conf.json $(ASV_SCRATCH)
 	$(ASV) check --python=same --config $(ASV_SCRATCH)
 	STEPBENCH_SMOKE=1 $(PY) -m bench.asvtools.smoke .asv/smoke-run.log -- $(ASV) run --python=same --quick --dry-run --show-stderr --machine $(MACHINE) --config $(ASV_SCRATCH) -b "'seed', 'float32', 'sgd'" -b "'n00064', 'float64'"

@@ -66,13 +66,24 @@ def estimate(rounds: list[list[tuple[float, float]]], seed: int = 0, looks: int 
     within = (rng.random((RESAMPLES, len(logs), width)) * lengths[chosen][:, :, None]).astype(int)
     drawn = table[chosen[:, :, None], within]  # (RESAMPLES, rounds, width): pairs of each drawn round
     keep = np.arange(width)[None, None, :] < lengths[chosen][:, :, None]
-    drawn = np.where(keep, drawn, np.nan).reshape(RESAMPLES, -1)
-    medians = np.nanmedian(drawn, axis=1)
+    medians = _row_medians(np.where(keep, drawn, np.inf).reshape(RESAMPLES, -1), keep.sum(axis=(1, 2)))
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(medians, [tail, 100 - tail])
     t_low, t_high = _t_interval([float(np.median(x)) for x in logs], 1 - (1 - CONFIDENCE) / looks)
     low, high = np.exp(min(low, t_low)), np.exp(max(high, t_high))
     return Estimate(point, float(low), float(high), int(lengths.sum()), len(logs))
+
+
+def _row_medians(padded: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The median of each row's first `counts` values once sorted; the padding is +inf, so it sorts last.
+
+    np.nanmedian over NaN padding gives the same numbers, but several times slower: the gate asks
+    for an interval at every look of every cell, and the simulated A/A tests for thousands.
+    """
+    ordered = np.sort(padded, axis=1)
+    low = np.take_along_axis(ordered, ((counts - 1) // 2)[:, None], axis=1)[:, 0]
+    high = np.take_along_axis(ordered, (counts // 2)[:, None], axis=1)[:, 0]
+    return (low + high) / 2
 
 
 def _t_interval(round_medians: list[float], level: float) -> tuple[float, float]:
