@@ -22,7 +22,7 @@ BASE ?= main
 HEAD ?=
 COMPARE_ARGS ?=
 
-.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare triage asv-machine asv-run asv-publish dashboard dashboard-screenshot dynamics tox drift lint
+.PHONY: test bench venv clean bench-smoke bench-save bench-compare compare triage asv-machine asv-run asv-publish dashboard dashboard-screenshot dynamics small-gemm tox drift lint
 
 venv: $(STAMP)
 
@@ -100,6 +100,12 @@ dashboard-screenshot: dashboard
 # The training-dynamics study: writes results/latest/dynamics.md and dynamics.png.
 dynamics: $(STAMP)
 	$(PY) -m bench.studies.dynamics
+
+# The small-GEMM study: numba:blas's products against the GEMM rate, and oneMKL's and BLIS's kernels against
+# OpenBLAS on them (BLIS from requirements-small-gemm.txt); writes results/latest/small-gemm.md and .json.
+small-gemm: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-small-gemm.txt
+	$(PY) -m bench.studies.small_gemm
 
 # tox needs python3.10 ... python3.13 on PATH; where pyenv manages them, expose every installed one.
 PYENV_BINS := $(shell command -v pyenv >/dev/null 2>&1 && for v in $$(pyenv versions --bare | grep -E '^3\.1[0-3]\.[0-9]+$$'); do printf '%s:' "$$(pyenv prefix $$v)/bin"; done)

@@ -223,18 +223,20 @@ def train_step(buf, layout_argument, update_argument, parallel):
 _compiled: set = set()
 
 
-def compile_once(step_function, dtype, last_argument) -> None:
+def compile_once(step_function, dtype, *last_arguments) -> None:
     """Compile (or load from the cache) a step function for dtype now, so that no timed call does.
 
     Numba compiles by argument types, not sizes, and every branch at once: one call on
-    the smallest problem covers every later one of this dtype. last_argument: the function's
-    own last argument, of the type later calls pass.
+    the smallest problem covers every later one of this dtype. last_arguments: the function's
+    own last arguments, of the types later calls pass (a function compiled for two sets of types,
+    such as numba:blas's with and without JIT kernels, is compiled for each).
     """
-    if (step_function, dtype) not in _compiled:
+    key = (step_function, dtype, tuple(type(a) for a in last_arguments))
+    if key not in _compiled:
         layout = ArenaLayout(1, 1, 1, 1, adam=True, may_loop=ALL_PRODUCTS, batch_major=False)
         buf = np.zeros(arena_size(layout), dtype=dtype)
-        step_function(buf, layout.argument(), (ADAM, 0.0, 1), last_argument)
-        _compiled.add((step_function, dtype))
+        step_function(buf, layout.argument(), (ADAM, 0.0, 1), *last_arguments)
+        _compiled.add(key)
 
 
 class NumbaStep(Step):

@@ -200,3 +200,28 @@ def test_the_sweep_runs_only_the_sizes_asked_for(fake_timing, tmp_path):
     )
     data = json.loads((out / "results.json").read_text())
     assert {r["label"] for r in data["results"]} == {"seed", "n00064"} and data["settings"]["sweep"] == ["n00064"]
+
+
+def test_the_plan_table_shows_each_products_provider_and_trials():
+    # numba:blas's describe() of a step whose h went to a JIT kernel by trial, and of a given plan whose
+    # "jit" product ran MKL's standard gemm (MKL generated no code for it).
+    plan = {"h": "jit", "y_pred": "blas", "gw2": "loops", "ga": "blas", "gw1": "blas", "layout": "feature-major"}
+    measured = {
+        "plan": plan,
+        "plan_chosen": "measured at create",
+        "trials": {"gw2": 0.9, "h:jit": 0.81, "y_pred:jit": 1.02},
+        "threads": {"h": 1, "y_pred": 1, "gw2": 1, "ga": 1, "gw1": 2},
+        "jit": {"mkl": "oneMKL", "kernels": {"h": "mkl-jit"}},
+    }
+    given = measured | {"plan_chosen": "given", "trials": {}, "jit": {"mkl": "oneMKL", "kernels": {"h": "mkl-gemm"}}}
+    problem = {"dtype": "float32", "optimizer": "sgd"}
+    rows = [
+        {"status": "ok", "implementation": "numba:blas", "label": "seed", "problem": problem, "details": d}
+        for d in (measured, given)
+    ]
+    lines = report._plan_lines({"results": rows})
+    assert lines[-2] == (
+        "| `numba:blas` | seed float32 sgd | jit (1) [jit 0.81] | blas (1) [jit 1.02] | loops (1) [0.90] | blas (1) "
+        "| blas (2) | feature-major | measured at create |"
+    )
+    assert lines[-1].startswith("| `numba:blas` | seed float32 sgd | jit: MKL's gemm, no JIT kernel (1) | blas (1) |")

@@ -28,6 +28,9 @@ def nb():
 # Each product by the loops where the others go to BLAS, and the reverse; y_pred and ga by NT
 # (H, O >= NT_MIN_K: the loops' transposed copies of a and g) and by NN; H = 4k + 2 and odd sizes.
 PLANS = ["blas", "loops", "h=loops,gw2=loops", "y_pred=loops,ga=loops,gw1=loops", "gw1=loops", "layout=batch-major"]
+# oneMKL's kernels for some products, OpenBLAS or the loops for the others (on a CPU where MKL generates no
+# code, its kernel runs MKL's standard gemm: the kernel's call and its leading dimensions are checked all the same).
+PLANS += ["jit", "h=jit,gw2=loops", "y_pred=jit,ga=jit,gw1=jit"]
 SHAPES = [(7, 13, 5, 3), (16, 40, 34, 33), (64, 100, 10, 10)]
 
 
@@ -38,9 +41,32 @@ SHAPES = [(7, 13, 5, 3), (16, 40, 34, 33), (64, 100, 10, 10)]
 def test_every_plan_agrees(plan, shape, dtype, optimizer, nb):
     n, d, h, o = shape
     p = impls.Problem(n=n, d=d, h=h, o=o, dtype=dtype, optimizer=optimizer, lr=agreement.CHECK_LR[optimizer])
+    if "jit" in plan:
+        _require_jit()
     step = impls.create(NAME, p, plan=plan)
     assert step.describe()["plan_chosen"] == "given"
+    assert [p for p, how in step.plan.items() if how == "jit"] == list(step.describe()["jit"]["kernels"])
     agreement.assert_agrees(step)
+
+
+def _require_jit():
+    from impls import numba_blas_jit
+
+    if numba_blas_jit.unavailable_reason() is not None:
+        pytest.skip(f"oneMKL's JIT unavailable: {numba_blas_jit.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jit_kernels_are_created_once_at_create_never_by_a_call(dtype, nb):
+    _require_jit()
+    from impls import numba_blas_jit
+
+    before = numba_blas_jit.created
+    step = impls.create(NAME, agreement.check_problem("seed", dtype, "adam"), plan="h=jit,gw2=jit,gw1=loops")
+    assert numba_blas_jit.created - before == 2
+    step.loss_and_grads(), step.run(5)
+    assert numba_blas_jit.created - before == 2
+    assert set(step.describe()["jit"]["kernels"]) == {"h", "gw2"}
 
 
 _GEMM_CALLS = """
@@ -64,7 +90,12 @@ _GEMM_CALLS = """
     llvmlite.binding.add_symbol(numba_blas_bridge.GEMM_SYMBOLS["float64"], ctypes.cast(counted, ctypes.c_void_p).value)
     problem = impls.Problem(n=7, d=13, h=5, o=3, dtype="float64", optimizer="adam", lr=1e-3)
     plans = [("numba:blas", "blas"), ("numba:blas", "loops"), ("numba:blas", "h=loops,ga=loops")]
-    for name, plan in [*plans, ("numba:blas", "layout=batch-major"), ("numba", None)]:
+    plans += [("numba:blas", "layout=batch-major"), ("numba", None)]
+    from impls import numba_blas_jit
+
+    if numba_blas_jit.unavailable_reason() is None:  # oneMKL's kernels for two products: OpenBLAS for three
+        plans.append(("numba:blas", "h=jit,ga=jit"))
+    for name, plan in plans:
         step = impls.create(name, problem, **({} if plan is None else {"plan": plan}))
         calls.clear()
         step.loss_and_grads()
@@ -81,7 +112,10 @@ def test_the_plan_decides_which_products_call_blas(tmp_path, nb):
         [sys.executable, "-c", textwrap.dedent(_GEMM_CALLS)], capture_output=True, text=True, env=env, timeout=600
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(3 * 5), "0", str(3 * 3), str(3 * 5), "0"]
+    from impls import numba_blas_jit
+
+    jit = [str(3 * 3)] if numba_blas_jit.unavailable_reason() is None else []
+    assert out.stdout.split() == [str(3 * 5), "0", str(3 * 3), str(3 * 5), "0", *jit]
 
 
 def test_the_loops_keep_a_product_only_when_measured_faster_by_the_margin(nb, monkeypatch):
@@ -166,7 +200,20 @@ def test_threads_are_recorded_per_product(nb):
 
 
 @pytest.mark.parametrize(
-    "plan", ["fast", "h=gpu", "q=loops", "h=loops,,", "", 3, None, "h=loops,layout=batch-major", "layout=rows"]
+    "plan",
+    [
+        "fast",
+        "h=gpu",
+        "q=loops",
+        "h=loops,,",
+        "",
+        3,
+        None,
+        "h=loops,layout=batch-major",
+        "layout=rows",
+        "h=jit,layout=batch-major",
+        "jit=h",
+    ],
 )
 def test_a_bad_plan_is_refused_naming_the_option_and_value(plan, nb):
     with pytest.raises(ValueError, match="plan must be") as caught:

@@ -160,9 +160,10 @@ def _plan_lines(data: dict) -> list[str]:
         "",
         "## Plans chosen at create",
         "",
-        "Each product by BLAS or by the loops, with its threads; the layout of the buffers. In brackets, "
-        "the trial behind a choice: time with the loops over time with BLAS, or batch-major over "
-        "feature-major (only what was tried).",
+        "Each product by BLAS (OpenBLAS; jit: a kernel oneMKL generated for the shape) or by the loops, with "
+        "its threads; the layout of the buffers. In brackets, the trial behind a choice: time with the loops "
+        "over time with BLAS, with the JIT kernel over OpenBLAS (jit), or batch-major over feature-major "
+        "(only what was tried).",
         "",
         "| implementation | problem | " + " | ".join(columns) + " | chosen |",
         "|---|---|" + "---|" * len(columns) + "---|",
@@ -173,10 +174,14 @@ def _plan_lines(data: dict) -> list[str]:
         for column in columns:
             threads = d["threads"].get(column)
             trial = d.get("trials", {}).get(column)
+            jit_trial = d.get("trials", {}).get(f"{column}:jit")
+            provider = (d.get("jit") or {}).get("kernels", {}).get(column)
+            how = str(d["plan"].get(column, ""))
             cells.append(
-                str(d["plan"].get(column, ""))
+                (f"{how}: MKL's gemm, no JIT kernel" if provider == "mkl-gemm" else how)
                 + (f" ({threads})" if threads is not None else "")
                 + (f" [{trial:.2f}]" if trial is not None else "")
+                + (f" [jit {jit_trial:.2f}]" if jit_trial is not None else "")
             )
         problem = f"{r['label']} {r['problem']['dtype']} {r['problem']['optimizer']}"
         out.append(f"| `{r['implementation']}` | {problem} | " + " | ".join(cells) + f" | {d['plan_chosen']} |")
