@@ -46,6 +46,17 @@ def own_pytest_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST_")}
 
 
+def as_from_a_terminal() -> None:
+    """preexec_fn of a job a test interrupts: SIGINT handled by default, as in a job started from a terminal.
+
+    A shell without job control starts its background commands with SIGINT ignored (`cmd &` in a
+    script), and every process below inherits that: Python then installs no handler and Ctrl-C
+    would pass unseen, whatever the job does with it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def require(name: str) -> None:
     """Skip, naming the reason from impls.available(), where `name` cannot run here."""
     reason = AVAILABLE[name]

@@ -18,6 +18,8 @@ import impls
 from bench.harness import environment
 from impls import threads
 
+from .conftest import as_from_a_terminal
+
 TINY = ["--implementations", "numpy", "--presets", "seed", "--dtypes", "float32", "--no-sweep"]
 DEADLINE_S = 120  # far beyond what a stopped job needs; only a job that does not stop runs into it
 
@@ -115,7 +117,12 @@ def test_a_bad_setting_is_one_line_before_any_timing(workspace, case, expected):
 def interrupt_after(args, env, first_line: str):
     """Start `python -m ARGS`, send SIGINT once a stderr line contains `first_line`; (status, stderr lines)."""
     job = subprocess.Popen(
-        [sys.executable, "-m", *args], cwd=environment.REPO, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", *args],
+        cwd=environment.REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_terminal,
     )
     lines = []
     try:

@@ -17,7 +17,7 @@ from bench.gate import Refused, compare, output, paired, rounds
 from bench.gate import cells as gate_cells
 from bench.harness import environment, grid, machine
 
-from .conftest import own_pytest_env
+from .conftest import as_from_a_terminal, own_pytest_env
 
 REPO = environment.REPO
 
@@ -295,7 +295,15 @@ def test_ctrl_c_ends_in_one_line_and_leaves_no_worker(tmp_path):
 
     env = {**os.environ, "STEPBENCH_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "bench", "compare", "HEAD", "HEAD", "-k", "numpy and seed", "--pairs", "500"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_terminal,
+    )
     deadline = time.monotonic() + 120
     workers = []
     while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ import impls
 from bench.harness import environment
 from impls import agreement, threads
 
-from .conftest import AVAILABLE, require
+from .conftest import AVAILABLE, as_from_a_terminal, require
 
 torch = pytest.importorskip("torch", reason="torch not installed")
 torch_ddp = pytest.importorskip("impls.torch_ddp")
@@ -258,6 +258,7 @@ def test_ctrl_c_of_the_main_job_ends_every_worker(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,
+            preexec_fn=as_from_a_terminal,
         )
     seen: list[int] = []
     try:
