@@ -163,7 +163,8 @@ def _plan_lines(data: dict) -> list[str]:
         "Each product by BLAS (OpenBLAS; jit: a kernel oneMKL generated for the shape) or by the loops, with "
         "its threads; the layout of the buffers. In brackets, the trial behind a choice: time with the loops "
         "over time with BLAS, with the JIT kernel over OpenBLAS (jit), or batch-major over feature-major "
-        "(only what was tried).",
+        "(only what was tried). Each product's own FLOP rate against the GEMM rate, at seed and tutorial, and "
+        "against other providers' kernels: `make small-gemm` (small-gemm.md beside this report).",
         "",
         "| implementation | problem | " + " | ".join(columns) + " | chosen |",
         "|---|---|" + "---|" * len(columns) + "---|",
