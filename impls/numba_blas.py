@@ -309,9 +309,8 @@ class NumbaBlasStep(NumbaStep):
             raise ValueError(f"plan {plan!r} asks for JIT kernels: {numba_blas_jit.unavailable_reason()}")
         super().__init__(problem, arrays, parallel=False)
         self.trials: dict[str, float] = {}
-        self._jit: dict[str, numba_blas_jit.Kernel] = {}  # product: its JIT kernel, where the plan has one
         self.jit_tried: dict[str, str] = {}  # product: what became of its JIT kernel (auto plans)
-        self._keep_kernels({})
+        self._keep_kernels({})  # none yet: the trials below, or the given plan, set them
         if self._given is None:
             by_blas = self._choose_products()
             by_loops = _others(by_blas)
@@ -339,7 +338,7 @@ class NumbaBlasStep(NumbaStep):
     def _keep_kernels(self, kernels: dict) -> None:
         """The JIT kernels the step runs, by product; the compiled step's argument: None where there are none
         (the step compiled without them, as before they existed), else every product's two addresses."""
-        self._jit = dict(kernels)
+        self._jit: dict[str, numba_blas_jit.Kernel] = dict(kernels)
         self._kernels = _kernels_argument(self._jit)
 
     def _first_layout(self) -> tuple[Products, bool]:

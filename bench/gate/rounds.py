@@ -137,12 +137,25 @@ def choose_procedure(settings: Settings, other: float | None, per_cpu: dict[int,
     if settings.procedure != "auto":
         settings.why_procedure = "chosen on the command line"
         return
-    if other is None or other < QUIET:
-        settings.procedure = "duet"
-        settings.why_procedure = "the machine is quiet" if other is not None else "no measure of other work here"
+    quiet = quiet_reason(other)
+    if quiet:
+        settings.procedure, settings.why_procedure = "duet", quiet
         return
     settings.procedure = "interleave"
     settings.thread_budget, settings.cpus, settings.why_procedure = free_cpus(other, per_cpu)
+
+
+def quiet_reason(other: float | None) -> str | None:
+    """Why the machine counts as quiet beside `other` cores of other work (None: unmeasured), or None where it is busy."""
+    if other is None:
+        return "no measure of other work here"
+    return "the machine is quiet" if other < QUIET else None
+
+
+def threads_beside(other: float | None, per_cpu: dict[int, float] | None) -> tuple[int, list[int] | None, str]:
+    """(threads, CPUs to pin to or None, why): the budget on a quiet machine, else free_cpus()."""
+    quiet = quiet_reason(other)
+    return (threads.budget(), None, quiet) if quiet else free_cpus(other, per_cpu)
 
 
 def free_cpus(other: float, per_cpu: dict[int, float] | None) -> tuple[int, list[int] | None, str]:

@@ -121,11 +121,9 @@ def choose_threads(settings: measure.Settings, warnings: list[str]) -> None:
     """The budget's threads on a quiet machine; beside other work, the CPUs it leaves free (measured, not assumed)."""
     other, per_cpu = load.probe()
     settings.other_work_before = other
-    if other is None or other < rounds.QUIET:
-        settings.threads, settings.cpus = threads.budget(), None
-        settings.why_threads = "the machine is quiet" if other is not None else "no measure of other work here"
+    settings.threads, settings.cpus, settings.why_threads = rounds.threads_beside(other, per_cpu)
+    if rounds.quiet_reason(other):
         return
-    settings.threads, settings.cpus, settings.why_threads = rounds.free_cpus(other, per_cpu)
     warn(
         warnings,
         f"before the run, {settings.why_threads}: each step runs on {settings.threads} thread(s), not the budget's "

@@ -82,14 +82,12 @@ def _threads_by_measurement() -> dict:
     from impls import threads
 
     other, per_cpu = load.probe()
-    if other is None or other < rounds.QUIET:
-        why = "the machine is quiet" if other is not None else "no measure of other work here"
-        return {"other_work": other, "threads": threads.budget(), "cpus": None, "why": why}
-    count, cpus, why = rounds.free_cpus(other, per_cpu)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    os.environ[threads.ENV] = str(count)  # threads.budget(), which every pool is limited to, reads it
-    print(f"small-gemm: {why}: {count} thread(s), not the budget's", file=sys.stderr)
+    count, cpus, why = rounds.threads_beside(other, per_cpu)
+    if not rounds.quiet_reason(other):
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        os.environ[threads.ENV] = str(count)  # threads.budget(), which every pool is limited to, reads it
+        print(f"small-gemm: {why}: {count} thread(s), not the budget's", file=sys.stderr)
     return {"other_work": other, "threads": count, "cpus": cpus, "why": why}
 
 
