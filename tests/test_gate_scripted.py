@@ -10,8 +10,10 @@ exact: nothing here reads a real clock.
 import collections
 import io
 import json
+import math
 import os
 import sys
+import threading
 
 import pytest
 
@@ -45,10 +47,12 @@ class ScriptedWorkers:
     per_call(role, round, cell_id, k): the seconds per call that the k-th block of that side, cell and
     round reports. call_s: each side's seconds per call in the warm-up (which sizes the blocks).
     setup_status: {(role, cell_id): status} for a side that fails a cell at setup (disagrees, error).
+    cpu_factor: {cpu: factor} a block is slowed by where it runs (the first of its CPUs): a slow core.
     """
 
-    def __init__(self, per_call, call_s=None, setup_status=None):
+    def __init__(self, per_call, call_s=None, setup_status=None, cpu_factor=None):
         self.per_call = per_call
+        self.cpu_factor = cpu_factor or {}
         self.call_s = call_s or {"base": 1e-4, "head": 1e-4}
         self.setup_status = setup_status or {}
         self.create_options = {}  # (role, cell_id) -> what that side's create chose, as its first round reports
@@ -59,7 +63,7 @@ class ScriptedWorkers:
     def __call__(self, side, seed, budget, cpus=None, passive=True):
         r = sum(1 for s in self.started if s[0] == side.role)
         self.started.append((side.role, r, seed, budget, None if cpus is None else list(cpus), passive))
-        return _Process(self, side.role, r)
+        return _Process(self, side.role, r, cpus)
 
     def time_requests(self):
         """(role, round, cell_id, number) of each block asked for, in the order asked."""
@@ -71,8 +75,9 @@ class ScriptedWorkers:
 
 
 class _Process:
-    def __init__(self, script: ScriptedWorkers, role: str, r: int):
+    def __init__(self, script: ScriptedWorkers, role: str, r: int, cpus=None):
         self.script, self.role, self.round = script, role, r
+        self.cpus = None if cpus is None else list(cpus)  # where the process runs: a time request may move it
         self.replies = collections.deque()
 
     def _answer(self, request: dict) -> dict:
@@ -92,10 +97,12 @@ class _Process:
                 out.append(got)
             return {"cells": out}
         if op == "time":
+            self.cpus = request.get("cpus", self.cpus)
             key = (self.role, self.round, request["cell"])
             k = self.script.blocks[key]
             self.script.blocks[key] += 1
-            return {"t": self.script.per_call(self.role, self.round, request["cell"], k)}
+            slow = self.script.cpu_factor.get(self.cpus[0], 1.0) if self.cpus else 1.0
+            return {"t": self.script.per_call(self.role, self.round, request["cell"], k) * slow}
         if op == "finish":
             return {"diverged": []}
         raise AssertionError(f"the gate asked a worker for {op!r}")
@@ -153,18 +160,41 @@ def _pairs_of_blocks(log):
 # --- where and when each side's blocks run ----------------------------------------------------
 
 
-def test_a_duet_runs_both_blocks_at_once_and_the_sides_swap_cpus_every_round(monkeypatch, machine):
+def test_a_duet_runs_both_blocks_at_once_and_crosses_the_sides_over_within_each_pair(monkeypatch, machine):
     script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
     (cell,) = _run(script, "duet", rounds=3, pairs=4)
     halves = [[0, 1], [2, 3]]
     for role, r, _, budget, cpus, _ in script.started:
         assert budget == 2  # half the CPUs each, as many threads as CPUs
-        assert cpus == halves[(r + (role == "head")) % 2], (role, r)  # base [0,1], [2,3], [0,1]; head the reverse
-    pairs = _pairs_of_blocks(script.log)
-    assert len(pairs) == 3 * 4
-    # Both blocks are asked for before either is read: they run at the same time.
-    assert all(p == [("send", "base"), ("send", "head"), ("read", "base"), ("read", "head")] for p in pairs)
+        assert cpus == halves[(r + (role == "head")) % 2], (role, r)  # base starts on [0,1], [2,3], [0,1]
+    # Both blocks are asked for before either is read: they run at the same time; a pair is two such duets.
+    duets = _pairs_of_blocks(script.log)
+    assert len(duets) == 3 * 4 * 2
+    assert all(p == [("send", "base"), ("send", "head"), ("read", "base"), ("read", "head")] for p in duets)
+    # The second duet of each pair moves each side onto the other's CPUs; the next pair starts where it left off.
+    moves = [(role, r, req.get("cpus")) for ev, role, r, req in script.log if ev == "send" and req.get("op") == "time"]
+    for r in range(3):
+        start = {"base": halves[r % 2], "head": halves[(r + 1) % 2]}
+        got = [m for m in moves if m[1] == r]
+        for j in range(4):
+            assert got[4 * j : 4 * j + 2] == [("base", r, None), ("head", r, None)]  # stays where it is
+            crossed = {"base": start["head"], "head": start["base"]} if j % 2 == 0 else start
+            assert got[4 * j + 2 : 4 * j + 4] == [("base", r, crossed["base"]), ("head", r, crossed["head"])]
     assert cell.first == [["both"] * 4] * 3
+
+
+@pytest.mark.parametrize("slow_cpu", [0, 2])
+def test_a_slow_core_cancels_in_a_crossed_duet_pair(monkeypatch, machine, slow_cpu):
+    """One half of the machine 30% slower for the whole run (a VM whose host core another guest keeps busy):
+    with the sides swapped only between rounds every round would read 1.3 or 1/1.3 and the cell stay unsure.
+    Each pair is the geometric mean of a side's blocks on both halves, so the factor cancels exactly."""
+    script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0), cpu_factor={slow_cpu: 1.3}))
+    (cell,) = _run(script, "duet", rounds=4, pairs=6)
+    for per_round in cell.pairs:
+        for base_s, head_s in per_round:
+            assert head_s / base_s == pytest.approx(1.0, abs=0.007)  # the wobble only (within 0.6% each side)
+    est, verdict, _ = rounds.judge(cell, rounds.Settings(procedure="duet", rounds=4))
+    assert (verdict, est.ratio) == ("same", pytest.approx(1.0, abs=0.007))
 
 
 def test_interleave_runs_the_blocks_one_after_the_other_in_a_random_order_per_pair(monkeypatch, machine):
@@ -194,7 +224,7 @@ def test_both_sides_blocks_hold_the_same_number_of_calls_sized_from_bases_call(m
     script = install(monkeypatch, ScriptedWorkers(ratio_script(3.0), call_s={"base": 3e-3, "head": 9e-3}))
     (cell,) = _run(script, procedure, rounds=2, pairs=3, block_s=0.02)
     requests = script.time_requests()
-    assert len(requests) == 2 * 2 * 3
+    assert len(requests) == 2 * 2 * 3 * (2 if procedure == "duet" else 1)  # a duet's pair is two crossed duets
     assert {(role, number) for role, _, _, number in requests} == {("base", 7), ("head", 7)}
     assert cell.number == 7
 
@@ -234,7 +264,7 @@ def test_every_cell_gets_one_pair_per_sweep_in_a_new_order(monkeypatch, machine)
     script = install(monkeypatch, ScriptedWorkers(ratio_script(1.0)))
     cells = _run(script, "duet", select="numpy and seed", rounds=2, pairs=6)
     assert len(cells) == 4 and all([len(p) for p in c.pairs] == [6, 6] for c in cells)
-    order = [cell for role, _, cell, _ in script.time_requests() if role == "base"]
+    order = [cell for role, _, cell, _ in script.time_requests() if role == "base"][::2]  # a pair: two duets
     sweeps = [tuple(order[i : i + 4]) for i in range(0, len(order), 4)]
     assert all(sorted(s) == sorted(c.id for c in cells) for s in sweeps)  # each cell once per sweep ...
     assert len(set(sweeps)) > 1  # ... shuffled anew
@@ -291,11 +321,17 @@ def test_the_verdict_and_exit_status_follow_from_the_interval_and_the_threshold(
         assert row["ratio"] > 1.05  # the point estimate alone would have called it slower
     threshold = float(args[1]) if args else 0.05
     assert data["settings"]["threshold"] == threshold and data["settings"]["confidence"] == 0.95
-    # The record keeps every pair as (BASE, HEAD) seconds per call, per round.
+    # The record keeps every pair as (BASE, HEAD) seconds per call, per round: in a duet, each side's
+    # geometric mean over the pair's two crossed blocks.
     script = ratio_script(*ratios)
     assert row["pairs"] == [
-        [[script(role, r, CELL, k) for role in ("base", "head")] for k in range(8)] for r in range(4)
-    ]
+        [
+            [pytest.approx(math.sqrt(script(role, r, CELL, 2 * k) * script(role, r, CELL, 2 * k + 1)), rel=1e-12)
+             for role in ("base", "head")]
+            for k in range(8)
+        ]
+        for r in range(4)
+    ]  # fmt: skip
 
 
 def test_the_ratio_is_heads_time_over_bases(monkeypatch, machine, tmp_path):
@@ -368,6 +404,33 @@ def test_a_worker_runs_its_sides_checkout_and_interpreter_pinned_with_the_budget
         "OMP_WAIT_POLICY": "PASSIVE",
     }
     assert all(free_env.get(k) == os.environ.get(k) for k in workers.PASSIVE_WAITS)  # --no-passive: as they were
+
+
+def test_a_worker_moves_every_thread_of_its_process_for_a_crossed_block():
+    """A duet's crossover moves a side's process onto the other side's CPUs; its thread pools move with it.
+    (os.sched_setaffinity(0) would move the calling thread alone.)"""
+    from bench.gate import worker
+
+    mine = sorted(os.sched_getaffinity(0))
+    target = {mine[-1]}
+    started, stop = threading.Event(), threading.Event()
+
+    def pool_thread():
+        started.set()
+        stop.wait(10)
+
+    thread = threading.Thread(target=pool_thread)
+    thread.start()
+    started.wait(10)
+    try:
+        worker.pin(target)
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+        assert thread.native_id in tasks and len(tasks) >= 2
+        assert {t: os.sched_getaffinity(t) for t in tasks} == {t: target for t in tasks}
+    finally:
+        stop.set()
+        thread.join()
+        worker.pin(mine)
 
 
 # --- more rounds for the undecided cells only, within the time budget ----------------------------

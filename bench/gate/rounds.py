@@ -245,7 +245,7 @@ def _round(
 
     Returns the clock's time once both processes had started (their interpreters and imports)."""
     duet = settings.procedure == "duet"
-    # In a duet the sides swap cores every round, so neither keeps the better ones.
+    # In a duet the sides start on alternate halves every round and cross over within each pair (_crossover).
     cpu = {"base": halves[r % 2], "head": halves[(r + 1) % 2]}
     label = f"round {r + 1}" + (f"/{settings.rounds}" if r < settings.rounds else f", {len(cells)} undecided")
     workers = {}
@@ -254,6 +254,7 @@ def _round(
             workers[side.role] = WorkerProcess(
                 side, rng.randrange(2**31), settings.thread_budget, cpu[side.role], settings.passive
             )
+        cpu = dict(cpu)  # where each process is now: a duet's crossovers move them
         started_s = clock()
         if r == 0:
             for side in (base, head):
@@ -273,10 +274,10 @@ def _round(
             order = [c for c in live if len(c.pairs[-1]) < MIN_PAIRS or spent[c.id] < settings.pairs_budget_s]
             rng.shuffle(order)
             for cell in order:
-                base_s, head_s, first = _pair(workers, cell, duet, rng)
+                base_s, head_s, first = _pair(workers, cell, duet, rng, cpu)
                 cell.pairs[-1].append((base_s, head_s))
                 cell.first[-1].append(first)
-                spent[cell.id] += (base_s + head_s) * cell.number
+                spent[cell.id] += (base_s + head_s) * cell.number * (2 if duet else 1)
             progress.advance(f"{label}: pair {j + 1}/{settings.pairs}", len(cells))
         for role, w in workers.items():
             for cell_id in w.ask(op="finish")["diverged"]:
@@ -297,16 +298,39 @@ def duet_split() -> tuple[int, list[list[int]]]:
     return per_side, [cpus[:per_side], cpus[len(cpus) // 2 : len(cpus) // 2 + per_side]]
 
 
-def _pair(workers, cell: Cell, duet: bool, rng: random.Random) -> tuple[float, float, str]:
-    """(base seconds per call, head seconds per call, which ran first) from one block each."""
+def _pair(workers, cell: Cell, duet: bool, rng: random.Random, where=None) -> tuple[float, float, str]:
+    """(base seconds per call, head seconds per call, which ran first) from one block each (a duet: two, crossed).
+
+    where: in a duet, {role: CPUs} where each side's process is now; the crossover moves them and updates it."""
     # A block of one call that lasts a block by itself is timed cold: both sides alike, at half the cost.
     request = {"op": "time", "cell": cell.id, "number": cell.number, "warm": cell.number > 1}
-    if duet:  # both blocks at once, each on its own cores
-        for w in workers.values():
-            w.send(**request)
-        return workers["base"].read()["t"], workers["head"].read()["t"], "both"
+    if duet:
+        return (*_crossover(workers, request, where), "both")
     roles = ["base", "head"]
     if rng.random() < 0.5:
         roles.reverse()
     got = {role: workers[role].ask(**request)["t"] for role in roles}
     return got["base"], got["head"], roles[0]
+
+
+def _crossover(workers, request: dict, where: dict) -> tuple[float, float]:
+    """Two duets, the sides on each other's CPUs in the second; each side's geometric mean of its two blocks.
+
+    Both blocks of a duet run at once, each side on its own CPUs, so whatever slows the machine
+    slows both; but on a VM one virtual CPU is often slower than the other for seconds at a time
+    (its host core busy with another guest). In one duet that slows one side only: measured on the
+    2-core VM, the gate's A/A rounds then read 1.05-1.25 for a few seconds, the next round (sides
+    swapped) 0.85-0.95. With the sides crossed over within the pair, a CPU's factor c enters
+    HEAD's one block and BASE's other: sqrt(h*c*h / (b*b*c)) = h/b, whatever c is, so long as it
+    holds for the two duets (tens of ms). Each side's process is moved whole (every thread) before
+    its block; the untimed call before the block brings its data into the new core's cache.
+    """
+    times = {"base": [], "head": []}
+    for crossed in (False, True):
+        if crossed:
+            where["base"], where["head"] = where["head"], where["base"]
+        for role, w in workers.items():
+            w.send(**request, **({"cpus": where[role]} if crossed else {}))
+        for role, w in workers.items():
+            times[role].append(w.read()["t"])
+    return math.sqrt(times["base"][0] * times["base"][1]), math.sqrt(times["head"][0] * times["head"][1])

@@ -276,6 +276,17 @@ class Worker:
         }
 
 
+def pin(cpus) -> None:
+    """Every thread of this process onto `cpus`: sched_setaffinity(0) moves only the calling thread, and
+    the thread pools (OpenBLAS, OpenMP, torch's) started earlier would stay where they were."""
+    cpus = set(cpus)
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except ProcessLookupError:  # a thread that ended since the listing
+            pass
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=pathlib.Path, required=True)
@@ -288,7 +299,7 @@ def main(argv=None) -> int:
         replies.write(json.dumps(obj) + "\n")
 
     if args.cpus is not None:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+        pin(int(c) for c in args.cpus.split(","))
     try:
         worker = Worker(_import_impls(args.checkout.resolve()), args.seed)
     except Exception as error:  # noqa: BLE001 - the driver turns this into one line and exit 2
@@ -301,6 +312,8 @@ def main(argv=None) -> int:
         if op == "setup":
             reply({"cells": worker.setup(request["cells"], request["check"], request.get("warm_up_s"))})
         elif op == "time":
+            if "cpus" in request:  # a duet's crossover: this side's block runs on the other side's CPUs
+                pin(request["cpus"])
             reply({"t": worker.time(request["cell"], request["number"], request.get("warm", True))})
         elif op == "group":
             reply({"t": worker.group(request["blocks"], request.get("settle_s", 0.0))})
