@@ -227,9 +227,21 @@ def test_beside_other_work_the_run_uses_the_free_cpus_pinned_and_says_so(quiet_m
     monkeypatch.setattr(main.rounds.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(main.threads, "budget", lambda: 2)
     clock = FakeClock()
-    script = Script(steady({}), clock)
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, data_parallel=False, open_worker=script)
+    script = Script(steady({"numba": 1.5}), clock)
+    data = main.run(
+        ["numpy", "numba"], ("seed",), ("float32",), ("sgd",), sweep=False, data_parallel=False, open_worker=script
+    )
     assert set(script.opened) == {(1, (1,))}  # every round: one thread, on the free CPU
+    # numba's one-thread speed-up is measured and narrow, but it is not the budget's: undecided, and why.
+    numpy_row, numba_row = data["results"]
+    assert numba_row["speedup"] == pytest.approx(1.5, rel=0.01) and numba_row["speedup_high"] < 1.5 * 1.05
+    assert numba_row["undecided"] and numba_row["undecided_why"] == (
+        "measured on 1 thread(s), not the budget's 2: other work held the rest"
+    )
+    assert not numpy_row["undecided"]  # the reference: 1 by definition
+    assert any("1 were measured on 1 thread(s), not the budget's 2" in w for w in data["warnings"])
+    assert "1.50x (1.50-1.50) undecided" in report.markdown(data)  # narrow, yet not the budget's
+    assert "or measured on 1 thread(s), not the budget's 2" in report.console(data)
     m = data["measurement"]
     assert m["threads"] == 1 and m["cpus"] == [1] and m["other_work_before"] == 1.0
     assert any("other work holds 1.0 cores" in w and "1 thread(s), not the budget's 2" in w for w in data["warnings"])
@@ -241,8 +253,11 @@ def test_on_a_quiet_machine_the_run_uses_the_thread_budget(quiet_machine, monkey
     monkeypatch.setattr(main.threads, "budget", lambda: 2)
     clock = FakeClock()
     script = Script(steady({}), clock)
-    data = main.run(["numpy"], ("seed",), ("float32",), ("sgd",), sweep=False, data_parallel=False, open_worker=script)
+    data = main.run(
+        ["numpy", "numba"], ("seed",), ("float32",), ("sgd",), sweep=False, data_parallel=False, open_worker=script
+    )
     assert set(script.opened) == {(2, None)} and data["measurement"]["why_threads"] == "the machine is quiet"
+    assert [r["undecided"] for r in data["results"]] == [False, False]  # the budget's, and narrow
 
 
 def test_the_main_jobs_worker_process_bounds_every_pools_spinning():

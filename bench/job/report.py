@@ -55,7 +55,18 @@ def _legend(data: dict) -> str:
     text = f"{BEST} highest speed-up in its column   {NOISY} noisy: IQR/median above {settings['noisy_iqr_ratio']:.0%}"
     if m:
         text += f"   {UNDECIDED} undecided: the speed-up's 95% interval is wider than ±{m['width']:.0%}"
+        fewer = _fewer_threads(data)
+        if fewer:
+            text += f", or {fewer}"
     return text
+
+
+def _fewer_threads(data: dict) -> str | None:
+    """Why every speed-up of a run beside other work is undecided (main.undecided_why), or None."""
+    return next(
+        (r["undecided_why"] for r in data["results"] if (r.get("undecided_why") or "").startswith("measured on")),
+        None,
+    )
 
 
 def _measurement_text(data: dict) -> str | None:
@@ -94,8 +105,9 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
         "The two ratios are paired: per problem, one block of every step, of numpy's and of the product run back "
         "to back in random order, so that the machine's drift cancels (bench/job/measure.py). "
         f"**Bold**: the highest speed-up in its column; (!): IQR/median above "
-        f"{settings['noisy_iqr_ratio']:.0%}; undecided: the interval is wider than ±5%. Every timed implementation "
-        "passed the agreement check first.",
+        f"{settings['noisy_iqr_ratio']:.0%}; undecided: the interval is wider than ±5%"
+        + (f", or {_fewer_threads(data)}" if _fewer_threads(data) else "")
+        + ". Every timed implementation passed the agreement check first.",
         "",
         f"- machine: {env['machine']}, {env['cpu']}, {env['cores']} cores, {env['system']}",
         f"- thread budget: {env['threads']['budget']}; BLAS: {blas or 'unknown'}",
