@@ -23,6 +23,7 @@ class Cell:
     reason: str = ""
     worst_ratio: dict = dataclasses.field(default_factory=dict)  # per side
     options: dict = dataclasses.field(default_factory=dict)  # per side: impls.create options of the checked step
+    head_chose: dict | None = None  # HEAD's own trials' plan, where both sides are timed with BASE's instead
     number: int = 1  # calls per block, the same on both sides
     pairs: list = dataclasses.field(default_factory=list)  # per round: [(base_s, head_s), ...]
     first: list = dataclasses.field(default_factory=list)  # per round: which side's block ran first in each pair

@@ -42,6 +42,9 @@ def verdicts(cells: list[Cell], settings: Settings) -> list[dict]:
                 pairs=cell.pairs,
                 first=cell.first,
             )
+            if any(cell.options.values()) or cell.head_chose:  # a step that chose how to run at create
+                row["plans"] = {"base": cell.options.get("base"), "head": cell.options.get("head")}
+                row["plans"]["head_chose"] = cell.head_chose
         rows.append(row)
     rank = {v: i for i, v in enumerate(paired.ORDER)}
     rows.sort(key=lambda r: (rank[r["verdict"]], -r.get("ratio", 0)))

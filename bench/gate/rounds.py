@@ -116,6 +116,30 @@ def _first_round_verdicts(cells: list[Cell], prepared: dict[str, list[dict]], bl
             cell.number = max(1, math.ceil(block_s / base["call_s"]))
 
 
+def _one_plan(head: WorkerProcess, cells: list[Cell]) -> None:
+    """Both sides timed with BASE's plan, where their creates chose how to run and chose differently.
+
+    numba:blas chooses its plan by timing trials, and two ways a few per cent apart are decided
+    by noise. Each side would otherwise keep its own draw for the whole run (later rounds are
+    given it): on identical code, with one core held by another process, the two sides chose
+    differently at seed float32 and the gate called numba:blas 1.168 [1.157, 1.178] slower, every
+    round alike. HEAD's step is created again with BASE's plan and checked; where HEAD cannot make
+    it (its plans differ), it keeps its own, and the record says which plan each side ran.
+    """
+    differ = [c for c in cells if c.status == "ok" and c.options.get("base") and c.options["base"] != c.options["head"]]
+    if not differ:
+        return
+    payload = [
+        {"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem), "options": c.options["base"]}
+        | ({"call": c.call} if c.call != "step" else {})
+        for c in differ
+    ]
+    for cell, got in zip(differ, head.ask(op="setup", cells=payload, check=True)["cells"], strict=True):
+        if got["status"] == "ok":
+            cell.head_chose, cell.options["head"] = cell.options["head"], dict(cell.options["base"])
+            cell.worst_ratio["head"] = got.get("worst_ratio", cell.worst_ratio.get("head"))
+
+
 def _later_round_check(cells: list[Cell], prepared: dict[str, list[dict]]) -> None:
     for i, cell in enumerate(cells):
         for role in ("base", "head"):
@@ -262,6 +286,7 @@ def _round(
         prepared = _setup(workers, cells, check=r == 0)
         if r == 0:
             _first_round_verdicts(cells, prepared, settings.block_s)
+            _one_plan(workers["head"], cells)
         else:
             _later_round_check(cells, prepared)
         progress.advance(f"{label}: set up")
