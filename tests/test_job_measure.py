@@ -316,3 +316,10 @@ def test_later_rounds_create_the_step_that_was_checked():
     assert given[0]["planned"] is None  # the first round: its create chooses, and is checked
     assert all(g["planned"] == plan for g in given[1:]) and len(given) == measure.Settings.rounds
     assert all(g["numpy"] is None for g in given)  # numpy chose nothing
+
+
+def test_results_json_names_a_cache_under_home_as_tilde(monkeypatch, tmp_path):
+    """results.json is committed: the home folder of the machine that wrote it is nobody else's."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main._home_relative(tmp_path / ".cache" / "stepbench") == "~/.cache/stepbench"
+    assert main._home_relative(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")

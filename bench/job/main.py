@@ -274,7 +274,7 @@ def run(
     return {
         "environment": environment.record(),
         "gemm_peak_gflops": peaks,
-        "gemm_peak_cache": str(peak.cache_dir()),
+        "gemm_peak_cache": _home_relative(peak.cache_dir()),
         "plans": {"remembered": len(given), "replan": replan},
         "warnings": warnings,
         "settings": {
@@ -291,6 +291,14 @@ def run(
         "results": [dataclasses.asdict(r) for r in results],
         "data_parallel": figures,
     }
+
+
+def _home_relative(path: pathlib.Path) -> str:
+    """A path under the home folder as ~/...: results.json is committed, and the user's home is not the reader's."""
+    try:
+        return "~/" + path.resolve().relative_to(pathlib.Path.home().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _seconds(s: float | None) -> str:
