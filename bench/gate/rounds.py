@@ -91,14 +91,17 @@ def _setup(workers: dict[str, WorkerProcess], cells: list[Cell], check: bool) ->
     After the first round each side creates the step it checked: a create that chose how to run
     (numba:blas's plan, by timing trials) is given that side's choice, and makes no other."""
     for role, w in workers.items():
-        payload = [
-            {"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem)}
-            | ({"options": c.options[role]} if c.options.get(role) else {})
-            | ({"call": c.call} if c.call != "step" else {})
-            for c in cells
-        ]
-        w.send(op="setup", cells=payload, check=check)
+        w.send(op="setup", cells=[_payload(c, c.options.get(role)) for c in cells], check=check)
     return {role: w.read()["cells"] for role, w in workers.items()}
+
+
+def _payload(cell: Cell, options: dict | None) -> dict:
+    """A cell as a worker's set-up takes it, created with these impls.create options (none: its create chooses)."""
+    return (
+        {"id": cell.id, "name": cell.name, "problem": dataclasses.asdict(cell.problem)}
+        | ({"options": options} if options else {})
+        | ({"call": cell.call} if cell.call != "step" else {})
+    )
 
 
 def _first_round_verdicts(cells: list[Cell], prepared: dict[str, list[dict]], block_s: float) -> None:
@@ -129,11 +132,7 @@ def _one_plan(head: WorkerProcess, cells: list[Cell]) -> None:
     differ = [c for c in cells if c.status == "ok" and c.options.get("base") and c.options["base"] != c.options["head"]]
     if not differ:
         return
-    payload = [
-        {"id": c.id, "name": c.name, "problem": dataclasses.asdict(c.problem), "options": c.options["base"]}
-        | ({"call": c.call} if c.call != "step" else {})
-        for c in differ
-    ]
+    payload = [_payload(c, c.options["base"]) for c in differ]
     for cell, got in zip(differ, head.ask(op="setup", cells=payload, check=True)["cells"], strict=True):
         if got["status"] == "ok":
             cell.head_chose, cell.options["head"] = cell.options["head"], dict(cell.options["base"])

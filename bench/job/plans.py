@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import platform
 import tempfile
 
 import impls
@@ -45,13 +46,20 @@ def _version(package: str) -> str | None:
         return None
 
 
-def key(name: str, problem: impls.Problem, threads: int | None) -> str:
-    identity = {
-        "machine": environment.machine()["machine"],
+@functools.cache
+def _this_machine() -> dict:
+    """What every plan of this process depends on alike: read once, not for each cell (twice a run)."""
+    return {
+        "machine": platform.node(),  # as environment.machine()["machine"], without its thread-pool survey
         "cpu": environment.cpu_model(),
         "versions": environment.versions(),
         "mkl": _version("mkl"),  # numba:blas's JIT kernels (not among the environment's libraries)
         "impls": impls_digest(),
+    }
+
+
+def key(name: str, problem: impls.Problem, threads: int | None) -> str:
+    identity = _this_machine() | {
         "name": name,
         "problem": dataclasses.asdict(problem),
         "threads": threads,
