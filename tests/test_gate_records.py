@@ -95,6 +95,18 @@ def test_a_failed_cell_is_counted_as_such_not_dropped():
     assert "(1 failed)" in gate_records.row("r", s)
 
 
+def test_a_record_of_the_fixed_rounds_gate_takes_its_rounds_from_the_settings():
+    record = _record([{k: v for k, v in _cell("numpy", "same", 1.0).items() if k != "rounds"}])
+    record["settings"]["rounds"] = 4
+    assert gate_records.summary(record)["rounds"] == (4, 4)
+
+
+def test_every_committed_record_reads():
+    paths = sorted(RECORDS.glob("*.json"))
+    assert len(paths) >= 6
+    assert len(gate_records.table(paths).splitlines()) == len(paths) + 2
+
+
 def test_the_measured_table_of_the_gate_page_is_what_the_records_say():
     page = (REPO / "docs" / "gate.md").read_text()
     names = re.findall(r"^\| `([\w-]+\.json)` \|", page, flags=re.M)

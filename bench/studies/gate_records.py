@@ -4,7 +4,8 @@
 
 One markdown row per record: the procedure the gate chose and how many cores other work held,
 the verdicts, the intervals' half-widths (half the interval's width over the ratio), the rounds
-per cell, the wall time and the exit status the run ended with. A record whose two sides are the
+per cell, the wall time and the exit status today's rule gives for the verdicts (a record of the gate
+before exit status 3 ended with 0 where a cell was unsure). A record whose two sides are the
 same commit and interpreter is an A/A run: every cell is unchanged code. In any other record the
 cells of the implementations named by `--slowed` (prefixes, as the throwaway commit of
 results/compare/*/detection-throwaway.diff names them) are the slowed ones, counted apart with
@@ -52,6 +53,8 @@ def summary(record: dict, slowed: tuple[str, ...] = SLOWED) -> dict:
     unchanged = [c for c in cells if c not in slowed_cells]
     half = [100 * (c["high"] - c["low"]) / 2 / c["ratio"] for c in cells if c.get("high") is not None]
     settings = record["settings"]
+    # Records written before the gate added rounds for unsure cells name the fixed count in the settings only.
+    rounds = [c["rounds"] if "rounds" in c else settings["rounds"] for c in cells]
     return {
         "cells": len(cells),
         "a_a": touched == (),
@@ -63,7 +66,7 @@ def summary(record: dict, slowed: tuple[str, ...] = SLOWED) -> dict:
         "slowed": _count(slowed_cells),
         "slowed_ratios": [c["ratio"] for c in slowed_cells],
         "half_width_pct": (np.median(half), np.percentile(half, 90), max(half)) if half else None,
-        "rounds": (min(c["rounds"] for c in cells), max(c["rounds"] for c in cells)),
+        "rounds": (min(rounds), max(rounds)),
         "wall_s": record["wall_s"],
         "exit": compare.exit_status(cells),
     }
