@@ -95,6 +95,7 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
     )
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     git = env["git"]
+    fewer = _fewer_threads(data)
     out = [
         "# stepbench: one training step, every implementation",
         "",
@@ -106,7 +107,7 @@ def markdown(data: dict, plot: str | None = None, ranks_plot: str | None = None)
         "to back in random order, so that the machine's drift cancels (bench/job/measure.py). "
         f"**Bold**: the highest speed-up in its column; (!): IQR/median above "
         f"{settings['noisy_iqr_ratio']:.0%}; undecided: the interval is wider than ±5%"
-        + (f", or {_fewer_threads(data)}" if _fewer_threads(data) else "")
+        + (f", or {fewer}" if fewer else "")
         + ". Every timed implementation passed the agreement check first.",
         "",
         f"- machine: {env['machine']}, {env['cpu']}, {env['cores']} cores, {env['system']}",

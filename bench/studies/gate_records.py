@@ -49,8 +49,9 @@ def summary(record: dict, slowed: tuple[str, ...] = SLOWED) -> dict:
     if not cells:
         raise ValueError("the record has no cells")
     touched = () if is_a_a(record) else slowed
-    slowed_cells = [c for c in cells if touched and c["implementation"].startswith(touched)]
-    unchanged = [c for c in cells if c not in slowed_cells]
+    slowed_cells, unchanged = [], []
+    for c in cells:
+        (slowed_cells if touched and c["implementation"].startswith(touched) else unchanged).append(c)
     half = [100 * (c["high"] - c["low"]) / 2 / c["ratio"] for c in cells if c.get("high") is not None]
     settings = record["settings"]
     # Records written before the gate added rounds for unsure cells name the fixed count in the settings only.
